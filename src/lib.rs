@@ -2,4 +2,19 @@
 //!
 //! See ARCHITECTURE.md for the data flow and FORMAT.md for the on-storage format.
 
+pub mod cli;
+pub mod error;
+pub mod hadbp;
+pub mod keys;
+pub mod log;
+pub mod object;
+pub mod remote;
+pub mod restore;
+pub mod sqlite;
+pub mod state;
 pub mod storage;
+pub mod verify;
+pub mod wal;
+pub mod watch;
+
+pub use error::{Error, Result};

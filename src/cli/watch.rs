@@ -1,0 +1,138 @@
+//! `walrust watch`: replicate databases continuously until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::cli::{parse_duration, usage, value_string, StorageArgs};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::log;
+use crate::watch::{self, WatchOptions, Watcher};
+
+const USAGE: &str = "\
+Usage: walrust watch DB... -b s3://BUCKET[/PREFIX] [options]
+
+Ships every committed transaction of each database (WAL mode) to storage as chained changesets, takes
+snapshots, and keeps the WAL bounded. SIGTERM or SIGINT ships what is committed and exits 0; a second signal
+exits at once. Each database is stored under its name: the file stem (app.db -> app).
+
+Options:
+  -b, --bucket URL             s3://BUCKET[/PREFIX] or file:///ABS/DIR
+      --endpoint URL           S3 endpoint (also AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)
+      --name NAME              name in the bucket (one database only; default: the file stem)
+      --interval D             at most one upload per D per database (default 1s)
+      --check-interval D       how often the WAL is checked (default 100ms)
+      --snapshot-interval D    snapshot when D has passed and something changed (default 1h)
+      --new-generation         start a new generation even if the bucket holds backups this database
+                               has no record of writing (taking over a name)
+      --log-format text|json   log line format (default text)
+  -v, --verbose                debug logging
+
+Examples:
+  walrust watch app.db -b s3://backups/prod
+  walrust watch /data/app.db -b file:///var/backups --interval 5s";
+
+pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
+    let mut storage = StorageArgs::default();
+    let mut dbs: Vec<PathBuf> = Vec::new();
+    let mut name: Option<String> = None;
+    let mut base = WatchOptions::new("");
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            lexopt::Arg::Short('b') | lexopt::Arg::Long("bucket") => storage.bucket = Some(value_string(&mut parser)?),
+            lexopt::Arg::Long("endpoint") => storage.endpoint = Some(value_string(&mut parser)?),
+            lexopt::Arg::Long("name") => name = Some(value_string(&mut parser)?),
+            lexopt::Arg::Long("interval") => {
+                base.sync_interval = parse_duration("--interval", &value_string(&mut parser)?)?
+            }
+            lexopt::Arg::Long("check-interval") => {
+                base.check_interval = parse_duration("--check-interval", &value_string(&mut parser)?)?
+            }
+            lexopt::Arg::Long("snapshot-interval") => {
+                base.snapshot_interval = parse_duration("--snapshot-interval", &value_string(&mut parser)?)?
+            }
+            lexopt::Arg::Long("new-generation") => base.new_generation = true,
+            lexopt::Arg::Long("log-format") => match value_string(&mut parser)?.as_str() {
+                "json" => log::set_json(true),
+                "text" => log::set_json(false),
+                other => return Err(Error::Usage(format!("--log-format: expected text or json, not '{other}'"))),
+            },
+            lexopt::Arg::Short('v') | lexopt::Arg::Long("verbose") => log::set_level(log::Level::Debug),
+            lexopt::Arg::Short('h') | lexopt::Arg::Long("help") => {
+                println!("{USAGE}");
+                return Ok(0);
+            }
+            lexopt::Arg::Value(v) => dbs.push(PathBuf::from(v)),
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    if dbs.is_empty() {
+        return Err(Error::Usage("missing DB (see walrust watch --help)".into()));
+    }
+    if name.is_some() && dbs.len() > 1 {
+        return Err(Error::Usage("--name applies to a single database".into()));
+    }
+    let storage = storage.open()?;
+    let mut jobs = Vec::new();
+    for db in &dbs {
+        let n = match &name {
+            Some(n) => n.clone(),
+            None => keys::name_from_path(db)
+                .ok_or_else(|| Error::Usage(format!("{}: cannot derive a name; use --name", db.display())))?,
+        };
+        if !keys::valid_name(&n) {
+            return Err(Error::Usage(format!("invalid name '{n}' (letters, digits, '.', '_', '-')")));
+        }
+        jobs.push((db.clone(), WatchOptions { name: n, ..base.clone() }));
+    }
+    let stop = watch::install_signal_handlers()?;
+    // Start every database first: a database that cannot start is an error before anything runs.
+    let mut watchers = Vec::new();
+    for (db, opts) in jobs {
+        let w = Watcher::start(&db, Arc::clone(&storage), opts).map_err(|e| e.context(db.display()))?;
+        watchers.push(w);
+    }
+    log::info(&format!("watching {} database(s) into {}", watchers.len(), storage.describe()));
+    let failed = Arc::new(AtomicBool::new(false));
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = watchers
+            .into_iter()
+            .map(|mut w| {
+                let stop = Arc::clone(&stop);
+                let failed = Arc::clone(&failed);
+                std::thread::Builder::new()
+                    .name(format!("walrust-db-{}", w.db_path().display()))
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(s, move || {
+                        let r = w.run(&stop);
+                        if let Err(e) = &r {
+                            log::error(&format!("{}: {e}", w.db_path().display()));
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        r.map_err(|e| e.context(w.db_path().display()))
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|_| Err(Error::Other("watcher thread panicked".into()))),
+                Err(e) => Err(Error::io("starting a watcher thread", e)),
+            })
+            .collect()
+    });
+    let mut first_err = None;
+    for r in results {
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => {
+            log::info("all committed transactions shipped; exiting");
+            Ok(0)
+        }
+    }
+}

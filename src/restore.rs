@@ -1,0 +1,359 @@
+//! Restore: plan from LISTs, stream the snapshot and changesets, verify every object's SHA-256 and the chain,
+//! apply pages into a temp file, run `PRAGMA integrity_check`, fsync, rename into place (invariant 5).
+//!
+//! Memory is one page buffer plus the decoders' windows, whatever the database size.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::hadbp;
+use crate::keys::Kind;
+use crate::object::ObjectStream;
+use crate::remote::{self, Entry};
+use crate::state::{state_path, FileStamp, LocalState, STATE_VERSION};
+use crate::storage::Storage;
+
+/// Which state to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Latest,
+    /// The last state committed at or before this instant (ms since the epoch).
+    Time(u64),
+    /// The state right after this seq.
+    Seq(u64),
+}
+
+/// The objects to apply, in order: a snapshot, then the changesets after it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub generation: u64,
+    pub objects: Vec<Entry>,
+    pub seq: u64,
+    pub commit_ms: u64,
+}
+
+impl Plan {
+    pub fn bytes(&self) -> u64 {
+        self.objects.iter().map(|e| e.size).sum()
+    }
+}
+
+/// Plans a restore with LISTs only.
+pub fn plan(storage: &dyn Storage, name: &str, target: Target) -> Result<Plan> {
+    let gens = remote::generations(storage, name)?;
+    if gens.is_empty() {
+        return Err(Error::NotFound(format!("no backups of '{name}' in {}", storage.describe())));
+    }
+    let mut oldest_ms: Option<u64> = None;
+    let mut newest_ms: Option<u64> = None;
+    for &g in gens.iter().rev() {
+        let objs = remote::objects(storage, name, g, None)?;
+        let points: Vec<&Entry> = objs.iter().filter(|e| e.key.kind != Kind::Snapshot).collect();
+        let Some(last) = remote::chain_last(&objs) else { continue };
+        newest_ms = Some(newest_ms.unwrap_or(0).max(last.key.commit_ms));
+        let chosen = match target {
+            Target::Latest => Some(last),
+            Target::Seq(s) => points.iter().copied().find(|e| e.key.seq == s),
+            Target::Time(t) => points.iter().copied().filter(|e| e.key.commit_ms <= t).max_by_key(|e| e.key.seq),
+        };
+        if let Some(first) = points.iter().map(|e| e.key.commit_ms).min() {
+            oldest_ms = Some(oldest_ms.map_or(first, |o| o.min(first)));
+        }
+        if let Some(point) = chosen {
+            if let Target::Time(t) = target {
+                if t > newest_ms.unwrap_or(0) && g == *gens.last().unwrap_or(&g) && point.key.seq == last.key.seq {
+                    // After the newest point of the newest generation.
+                    return Err(Error::NotFound(format!(
+                        "{} is after the newest restore point of '{name}' ({}); omit --point-in-time to restore the latest",
+                        fmt_ms(t),
+                        fmt_ms(last.key.commit_ms)
+                    )));
+                }
+            }
+            return plan_in_generation(name, g, &objs, point.key.seq, point.key.commit_ms);
+        }
+    }
+    Err(Error::NotFound(match target {
+        Target::Time(t) => format!(
+            "{} is before the oldest restore point of '{name}' ({})",
+            fmt_ms(t),
+            oldest_ms.map(fmt_ms).unwrap_or_else(|| "none".into())
+        ),
+        Target::Seq(s) => format!("seq {s} is not a restore point of '{name}'"),
+        Target::Latest => format!("no usable backups of '{name}' in {}", storage.describe()),
+    }))
+}
+
+pub fn fmt_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+/// Picks the newest snapshot at or before `seq` and the changesets after it, checking for gaps and forks.
+fn plan_in_generation(name: &str, generation: u64, objs: &[Entry], seq: u64, commit_ms: u64) -> Result<Plan> {
+    let start = objs
+        .iter()
+        .filter(|e| matches!(e.key.kind, Kind::Base | Kind::Snapshot) && e.key.seq <= seq)
+        .max_by_key(|e| (e.key.seq, e.key.kind == Kind::Base))
+        .ok_or_else(|| {
+            Error::Corrupt(format!("generation {generation:016x} of '{name}' has no snapshot at or before seq {seq}"))
+        })?;
+    let mut plan = vec![start.clone()];
+    let mut expect = start.key.seq + 1;
+    for e in objs.iter().filter(|e| e.key.kind == Kind::Changeset && e.key.seq > start.key.seq && e.key.seq <= seq) {
+        if e.key.seq < expect {
+            return Err(Error::Corrupt(format!(
+                "two changesets for seq {} in generation {generation:016x}: {} and {} (two writers?)",
+                e.key.seq,
+                plan.last().map(|p| p.key_str.as_str()).unwrap_or(""),
+                e.key_str
+            )));
+        }
+        if e.key.seq > expect {
+            return Err(Error::Corrupt(format!(
+                "changeset seq {expect} is missing from generation {generation:016x} of '{name}' (next is {})",
+                e.key_str
+            )));
+        }
+        plan.push(e.clone());
+        expect += 1;
+    }
+    if expect != seq + 1 {
+        return Err(Error::Corrupt(format!(
+            "changeset seq {expect} is missing from generation {generation:016x} of '{name}'"
+        )));
+    }
+    Ok(Plan { name: name.to_string(), generation, objects: plan, seq, commit_ms })
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub plan: Plan,
+    pub pages_written: u64,
+    pub db_pages: u32,
+    pub page_size: u32,
+    /// Chain value after the last object.
+    pub chain: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub output: PathBuf,
+    pub force: bool,
+    pub target: Target,
+    /// Write `OUT-walrust` so that a `watch` of the restored database continues this generation.
+    pub write_state: bool,
+}
+
+/// Restores `name` into `opts.output`.
+pub fn restore(storage: &dyn Storage, name: &str, opts: &RestoreOptions) -> Result<Report> {
+    let out = &opts.output;
+    if !opts.force && fs::symlink_metadata(out).is_ok() {
+        return Err(Error::Exists(format!("{} already exists (use --force to replace it)", out.display())));
+    }
+    let plan = plan(storage, name, opts.target)?;
+    let tmp = temp_path(out);
+    let result = restore_into(storage, &plan, &tmp);
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            remove_with_sidecars(&tmp);
+            return Err(e);
+        }
+    };
+    // The old database's WAL and shm would be applied to the new file by SQLite: remove them first.
+    if opts.force {
+        for suffix in ["-wal", "-shm"] {
+            let p = sidecar(out, suffix);
+            if let Err(e) = fs::remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    remove_with_sidecars(&tmp);
+                    return Err(Error::io(format!("removing {}", p.display()), e));
+                }
+            }
+        }
+    }
+    if let Err(e) = fs::rename(&tmp, out) {
+        remove_with_sidecars(&tmp);
+        return Err(Error::io(format!("renaming into {}", out.display()), e));
+    }
+    sync_parent(out)?;
+    if opts.write_state {
+        let last = plan.objects.last().map(|e| e.key_str.clone()).unwrap_or_default();
+        let stamp = FileStamp::of(out).map_err(|e| Error::io(out.display().to_string(), e))?;
+        let state = LocalState {
+            version: STATE_VERSION,
+            name: name.to_string(),
+            location: storage.describe(),
+            generation: plan.generation,
+            seq: plan.seq,
+            chain: report.chain,
+            head_key: last,
+            wal: None,
+            db_stamp: Some(stamp),
+            page_size: report.page_size,
+            last_snapshot_ms: plan.objects.first().map(|e| e.key.commit_ms).unwrap_or(0),
+            pending: None,
+        };
+        state.save(&state_path(out))?;
+    }
+    Ok(report)
+}
+
+/// Applies the plan into `tmp`, verifies it, fsyncs it.
+fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Report> {
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .read(true)
+        .open(tmp)
+        .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    let applied = apply(storage, plan, &file, tmp)?;
+    file.set_len(applied.db_pages as u64 * applied.page_size as u64)
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    file.sync_all().map_err(|e| Error::io(format!("syncing {}", tmp.display()), e))?;
+    drop(file);
+    integrity_check(tmp)?;
+    let f = File::open(tmp).map_err(|e| Error::io(tmp.display().to_string(), e))?;
+    f.sync_all().map_err(|e| Error::io(format!("syncing {}", tmp.display()), e))?;
+    Ok(Report {
+        plan: plan.clone(),
+        pages_written: applied.pages_written,
+        db_pages: applied.db_pages,
+        page_size: applied.page_size,
+        chain: applied.chain,
+    })
+}
+
+/// The result of applying a plan's objects to a file.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub page_size: u32,
+    pub db_pages: u32,
+    pub pages_written: u64,
+    /// Chain value after the last object.
+    pub chain: u64,
+}
+
+/// Streams each object of the plan, verifying hashes and the chain, and writes its pages into `file`.
+pub fn apply(storage: &dyn Storage, plan: &Plan, file: &File, path: &Path) -> Result<Applied> {
+    let mut buf = Vec::new();
+    let mut page_size = 0u32;
+    let mut db_pages: Option<u32> = None;
+    let mut chain: Option<u64> = None;
+    let mut pages_written = 0u64;
+    for (i, entry) in plan.objects.iter().enumerate() {
+        let key = &entry.key_str;
+        let corrupt = |what: String| Error::Corrupt(format!("object {key} is corrupt: {what}"));
+        let mut obj = ObjectStream::open(storage, &entry.key, key)?;
+        let h = *obj.header();
+        if h.seq != entry.key.seq || h.created_ms != entry.key.commit_ms {
+            return Err(corrupt(format!(
+                "its header says seq {} at {} but its key says seq {} at {} (copied from elsewhere?)",
+                h.seq, h.created_ms, entry.key.seq, entry.key.commit_ms
+            )));
+        }
+        let is_snapshot = h.flags & hadbp::FLAG_SNAPSHOT != 0;
+        let is_base = h.flags & hadbp::FLAG_BASE != 0;
+        let kind_ok = match entry.key.kind {
+            Kind::Base => is_snapshot && is_base,
+            Kind::Snapshot => is_snapshot && !is_base,
+            Kind::Changeset => !is_snapshot && !is_base,
+        };
+        if !kind_ok {
+            return Err(corrupt(format!("its flags {:#04x} do not match its kind", h.flags)));
+        }
+        if i == 0 {
+            if !is_snapshot {
+                return Err(corrupt("a restore must start from a snapshot".into()));
+            }
+            page_size = h.page_size;
+        } else {
+            if h.page_size != page_size {
+                return Err(corrupt(format!("page size {} differs from the snapshot's {page_size}", h.page_size)));
+            }
+            if Some(h.prev_checksum) != chain {
+                return Err(Error::Corrupt(format!(
+                    "chain broken at {key}: it continues {:016x} but the previous object ends at {:016x}",
+                    h.prev_checksum,
+                    chain.unwrap_or(0)
+                )));
+            }
+        }
+        let mut meta_seen = false;
+        while let Some(id) = obj.next_record(&mut buf)? {
+            if id == hadbp::META_PAGE_ID {
+                db_pages = Some(hadbp::parse_commit_record(&buf).map_err(|e| corrupt(e.to_string()))?);
+                meta_seen = true;
+                continue;
+            }
+            if !meta_seen {
+                return Err(corrupt("no commit record".into()));
+            }
+            let pgno = u32::try_from(id).map_err(|_| corrupt(format!("page id {id} out of range")))?;
+            if buf.len() != page_size as usize {
+                return Err(corrupt(format!("page {pgno} has {} bytes", buf.len())));
+            }
+            file.write_all_at(&buf, (pgno as u64 - 1) * page_size as u64)
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+            pages_written += 1;
+        }
+        let checksum = obj.checksum().ok_or_else(|| corrupt("stream ended early".into()))?;
+        chain = Some(match entry.key.kind {
+            Kind::Snapshot => h.prev_checksum,
+            Kind::Base | Kind::Changeset => checksum,
+        });
+    }
+    Ok(Applied { page_size, db_pages: db_pages.unwrap_or(0), pages_written, chain: chain.unwrap_or(0) })
+}
+
+/// Runs `PRAGMA integrity_check` on a restored file; anything but "ok" is corruption.
+pub fn integrity_check(path: &Path) -> Result<()> {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| Error::sqlite(format!("opening {}", path.display()), e))?;
+    let rows: Vec<String> = (|| -> rusqlite::Result<Vec<String>> {
+        let mut st = conn.prepare("PRAGMA integrity_check")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    })()
+    .map_err(|e| Error::Corrupt(format!("restored database failed integrity_check: {e}")))?;
+    drop(conn);
+    if rows.len() == 1 && rows[0] == "ok" {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!(
+            "restored database failed integrity_check: {}",
+            rows.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        )))
+    }
+}
+
+fn temp_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "restore".into());
+    out.with_file_name(format!(".{name}.walrust-tmp-{}", std::process::id()))
+}
+
+fn sidecar(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn remove_with_sidecars(p: &Path) {
+    let _ = fs::remove_file(p);
+    let _ = fs::remove_file(sidecar(p, "-wal"));
+    let _ = fs::remove_file(sidecar(p, "-shm"));
+    let _ = fs::remove_file(sidecar(p, "-journal"));
+}
+
+fn sync_parent(p: &Path) -> Result<()> {
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("syncing {}", dir.display()), e))
+}

@@ -1,0 +1,198 @@
+//! walrust's hold on a live SQLite database: two connections that take turns holding a read transaction
+//! ("pins"), checkpoints, and page reads through SQLite's own file handle.
+//!
+//! Why two connections: a read transaction holds a WAL read mark. While any reader holds a mark > 0 the WAL
+//! cannot restart, so frames walrust has not read yet cannot be overwritten; while a reader holds mark 0 no
+//! checkpoint can backfill, so at most one restart can happen and the frames written after it only append.
+//! walrust always holds one pin: to move forward it begins a read transaction on the idle connection *before*
+//! ending the one on the other, so there is never a window in which the WAL can be restarted twice or
+//! checkpointed past frames walrust has not read (the read-mark-0 window of FIELD-NOTES.md). walrust never
+//! writes to the database.
+//!
+//! Why SQLite's own file handle: opening and closing the database file with std::fs in a process that holds
+//! SQLite locks on it drops those locks (POSIX semantics). Pages are read with the VFS `xRead` of the
+//! connection's own `sqlite3_file` instead.
+//!
+//! The connections are opened with SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE so that closing them never checkpoints or
+//! deletes the WAL: after a restart walrust finds the WAL it left and can prove continuity from it.
+
+use std::ffi::{c_int, c_void};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{config::DbConfig, ffi, Connection, OpenFlags};
+
+use crate::error::{Error, Result};
+
+/// How long a checkpoint or a pin waits on SQLite's locks before giving up for this round.
+pub const BUSY_TIMEOUT: Duration = Duration::from_millis(2_000);
+
+/// Checkpoint strength.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// Copies what it can without waiting on readers or writers.
+    Passive,
+    /// Waits for writers (bounded by the busy timeout) and copies every frame readers allow.
+    Full,
+}
+
+/// Result of a checkpoint: frames in the WAL, frames backfilled into the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointResult {
+    pub busy: bool,
+    pub log_frames: i64,
+    pub checkpointed_frames: i64,
+}
+
+pub struct Pins {
+    path: PathBuf,
+    conns: [Connection; 2],
+    /// Index of the connection holding the read transaction, if any.
+    held: Option<usize>,
+}
+
+impl std::fmt::Debug for Pins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pins").field("path", &self.path).field("held", &self.held).finish()
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let ctx = || format!("opening {}", path.display());
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| Error::sqlite(ctx(), e))?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(|e| Error::sqlite(ctx(), e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| Error::sqlite(ctx(), e))?;
+    // Keep our footprint small: we read almost nothing through SQLite.
+    conn.execute_batch("PRAGMA cache_size=-64").map_err(|e| Error::sqlite(ctx(), e))?;
+    Ok(conn)
+}
+
+/// Checks that `path` is a SQLite database in WAL mode without changing it. Returns its page size.
+fn check_wal_mode(conn: &Connection, path: &Path) -> Result<u32> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            Error::Usage(format!("{} is not a SQLite database", path.display()))
+        }
+        e => Error::sqlite(format!("reading {}", path.display()), e),
+    })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Usage(format!(
+            "{} is not in WAL mode (journal_mode={mode}); walrust replicates WAL databases: run PRAGMA journal_mode=WAL",
+            path.display()
+        )));
+    }
+    let page_size: u32 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(|e| Error::sqlite(format!("reading {}", path.display()), e))?;
+    Ok(page_size)
+}
+
+impl Pins {
+    /// Opens the database (which must exist and be in WAL mode) and takes the first pin.
+    pub fn open(path: &Path) -> Result<(Pins, u32)> {
+        if !path.is_file() {
+            return Err(Error::Usage(format!("{}: no such database file", path.display())));
+        }
+        let a = open_conn(path)?;
+        let page_size = check_wal_mode(&a, path)?;
+        let b = open_conn(path)?;
+        let mut pins = Pins { path: path.to_path_buf(), conns: [a, b], held: None };
+        pins.advance()?;
+        Ok((pins, page_size))
+    }
+
+    /// Begins a read transaction on the idle connection, then ends the one on the other.
+    pub fn advance(&mut self) -> Result<()> {
+        let next = match self.held {
+            Some(i) => 1 - i,
+            None => 0,
+        };
+        begin_read(&self.conns[next]).map_err(|e| Error::sqlite(format!("pinning {}", self.path.display()), e))?;
+        if let Some(i) = self.held {
+            end_read(&self.conns[i]);
+        }
+        self.held = Some(next);
+        Ok(())
+    }
+
+    /// Runs a checkpoint on the idle connection (the pin stays held, so it cannot pass frames not yet read).
+    pub fn checkpoint(&self, mode: Checkpoint) -> Result<CheckpointResult> {
+        let idle = match self.held {
+            Some(i) => 1 - i,
+            None => 0,
+        };
+        let sql = match mode {
+            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            Checkpoint::Full => "PRAGMA wal_checkpoint(FULL)",
+        };
+        self.conns[idle]
+            .query_row(sql, [], |r| {
+                Ok(CheckpointResult {
+                    busy: r.get::<_, i64>(0)? != 0,
+                    log_frames: r.get(1)?,
+                    checkpointed_frames: r.get(2)?,
+                })
+            })
+            .map_err(|e| Error::sqlite(format!("checkpointing {}", self.path.display()), e))
+    }
+
+    /// Reads `buf.len()` bytes of the database file at `offset`, through the pinned connection's own file
+    /// handle. Returns false for a short read (beyond the end of the file).
+    pub fn read_db(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        let conn = &self.conns[self.held.unwrap_or(0)];
+        let err = |what: &str| Error::Other(format!("reading {}: {what}", self.path.display()));
+        // SAFETY: the file pointer belongs to `conn`, which stays open (borrowed) for the whole call; xRead is
+        // given a buffer of exactly the length it is told.
+        unsafe {
+            let db = conn.handle();
+            let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+            let rc = ffi::sqlite3_file_control(
+                db,
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_FILE_POINTER,
+                &mut file as *mut *mut ffi::sqlite3_file as *mut c_void,
+            );
+            if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+                return Err(err("no file handle"));
+            }
+            let Some(x_read) = (*(*file).pMethods).xRead else { return Err(err("no xRead")) };
+            let len = c_int::try_from(buf.len()).map_err(|_| err("read too large"))?;
+            let off = i64::try_from(offset).map_err(|_| err("offset too large"))?;
+            match x_read(file, buf.as_mut_ptr() as *mut c_void, len, off) {
+                ffi::SQLITE_OK => Ok(true),
+                ffi::SQLITE_IOERR_SHORT_READ => Ok(false),
+                rc => Err(err(&format!("I/O error {rc}"))),
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Some(i) = self.held.take() {
+            end_read(&self.conns[i]);
+        }
+    }
+}
+
+fn begin_read(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN DEFERRED")?;
+    // Any read starts the read transaction and takes the read mark.
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn end_read(conn: &Connection) {
+    let _ = conn.execute_batch("COMMIT");
+}

@@ -1,0 +1,750 @@
+//! One database's replication loop: read committed WAL frames, ship them as chained changesets, take
+//! snapshots, keep the WAL bounded.
+//!
+//! The loop (one OS thread per database):
+//! 1. `tick` (every `check_interval`): fstat the WAL. Unchanged -> nothing to do (an idle database costs one
+//!    fstat, zero requests).
+//! 2. `sync`: read the WAL header; read the whole committed transactions after the cursor; re-read the header
+//!    (a read during which the WAL restarted is discarded and redone). Upload them as one changeset, at most
+//!    one upload per `sync_interval` (an isolated commit goes at once; a busy database is coalesced).
+//! 3. Only after the storage acknowledged the object: advance the cursor, the chain and the state file, then
+//!    move the pin forward (see sqlite.rs) and checkpoint when the WAL is large.
+//!
+//! Continuity (invariant 8): the chain continues across a WAL restart only when the new header's checkpoint
+//! sequence is the old one plus one and the restart was observed by this process while it held its pin (then
+//! no frame of the old cycle can have been unread, see sqlite.rs). Anything else (a restart while walrust was
+//! down, a missing WAL, a replaced database) starts a new generation with a snapshot.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::hadbp::{self, Header};
+use crate::keys::{self, Kind};
+use crate::log;
+use crate::object::{self, ObjectMeta, RecordSource};
+use crate::remote;
+use crate::sqlite::{Checkpoint, Pins};
+use crate::state::{state_path, FileStamp, LocalState, Pending, WalPosition, STATE_VERSION};
+use crate::storage::StorageRef;
+use crate::wal::{self, CommittedBatch, WalCursor, WalHeader};
+
+/// Settings of one database's loop.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Name of the database in the bucket.
+    pub name: String,
+    /// How often the WAL is checked (an fstat).
+    pub check_interval: Duration,
+    /// At most one upload per this interval (the request budget); an isolated commit is shipped at once.
+    pub sync_interval: Duration,
+    /// Snapshot when this much time has passed since the last one and something changed.
+    pub snapshot_interval: Duration,
+    /// Run a PASSIVE checkpoint once the shipped WAL holds this many frames.
+    pub checkpoint_frames: u32,
+    /// Run a FULL checkpoint (waits for writers, bounded by the busy timeout) above this WAL size.
+    pub checkpoint_full_bytes: u64,
+    /// Split the shipping of a long WAL into changesets of about this many frames (at commit boundaries).
+    pub batch_frames_max: u32,
+    /// Start a new generation even when the bucket holds backups this database's state cannot account for.
+    pub new_generation: bool,
+}
+
+impl WatchOptions {
+    pub fn new(name: impl Into<String>) -> Self {
+        WatchOptions {
+            name: name.into(),
+            check_interval: Duration::from_millis(100),
+            sync_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(3600),
+            checkpoint_frames: 1000,
+            checkpoint_full_bytes: 64 * 1024 * 1024,
+            batch_frames_max: 4096,
+            new_generation: false,
+        }
+    }
+}
+
+/// Counters a caller can read (tests, metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WatchStats {
+    pub changesets: u64,
+    pub snapshots: u64,
+    pub generations_started: u64,
+    pub bytes_uploaded: u64,
+    pub checkpoints: u64,
+}
+
+pub struct Watcher {
+    opts: WatchOptions,
+    storage: StorageRef,
+    db_path: PathBuf,
+    wal_path: PathBuf,
+    state_path: PathBuf,
+    _lock: File,
+    pins: Pins,
+    page_size: u32,
+    wal: File,
+    db_inode: u64,
+    /// The WAL cycle the cursor belongs to; None before the first header was seen (fresh WAL).
+    cycle: Option<WalHeader>,
+    cursor: WalCursor,
+    /// True once a complete read happened under a pin taken by this process (restarts can then be followed).
+    established: bool,
+    generation: u64,
+    seq: u64,
+    chain: u64,
+    head_key: String,
+    last_snapshot_ms: u64,
+    changed_since_snapshot: bool,
+    last_upload: Option<Instant>,
+    last_wal_stat: (u64, i64, i64),
+    /// A changeset whose upload failed: it is retried with the same frames and commit time, so that a PUT that
+    /// landed although its answer was lost is found under the same key (never two objects for one seq).
+    inflight: Option<Inflight>,
+    pub stats: WatchStats,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Inflight {
+    end: WalCursor,
+    commit_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn wal_path_of(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_os_string();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// Why a new generation is started (logged).
+enum Start {
+    Resume { cycle: Option<WalHeader>, cursor: WalCursor, state: LocalState },
+    NewGeneration { reason: String, after: Option<remote::Head> },
+}
+
+impl Watcher {
+    /// Opens the database, reads the remote head, and either resumes the chain (continuity proven) or starts a
+    /// new generation with a base snapshot.
+    pub fn start(db_path: &Path, storage: StorageRef, opts: WatchOptions) -> Result<Watcher> {
+        if !keys::valid_name(&opts.name) {
+            return Err(Error::Usage(format!("invalid database name '{}'", opts.name)));
+        }
+        let db_path = db_path.to_path_buf();
+        let state_path = state_path(&db_path);
+        let lock = lock_file(&db_path)?;
+        let (pins, page_size) = Pins::open(&db_path)?;
+        let wal_path = wal_path_of(&db_path);
+        let wal = File::open(&wal_path).map_err(|e| Error::io(format!("opening {}", wal_path.display()), e))?;
+        let db_inode = std::fs::metadata(&db_path).map_err(|e| Error::io(db_path.display().to_string(), e))?.ino();
+        let mut w = Watcher {
+            opts,
+            storage,
+            db_path,
+            wal_path,
+            state_path,
+            _lock: lock,
+            pins,
+            page_size,
+            wal,
+            db_inode,
+            cycle: None,
+            cursor: WalCursor { frames: 0, checksum: [0, 0] },
+            established: false,
+            generation: 0,
+            seq: 0,
+            chain: 0,
+            head_key: String::new(),
+            last_snapshot_ms: 0,
+            changed_since_snapshot: false,
+            last_upload: None,
+            last_wal_stat: (u64::MAX, 0, 0),
+            inflight: None,
+            stats: WatchStats::default(),
+        };
+        match w.decide_start()? {
+            Start::Resume { cycle, cursor, state } => {
+                w.cycle = cycle;
+                w.cursor = cursor;
+                w.generation = state.generation;
+                w.seq = state.seq;
+                w.chain = state.chain;
+                w.head_key = state.head_key;
+                w.last_snapshot_ms = state.last_snapshot_ms;
+                log::info(&format!(
+                    "{}: resuming generation {:016x} at seq {} (wal frame {})",
+                    w.opts.name, w.generation, w.seq, w.cursor.frames
+                ));
+                // Ship what was committed while walrust was down; this also establishes the pin protocol.
+                w.sync(true)?;
+            }
+            Start::NewGeneration { reason, after } => {
+                log::info(&format!("{}: {reason}; starting a new generation with a snapshot", w.opts.name));
+                w.new_generation(after.as_ref())?;
+            }
+        }
+        Ok(w)
+    }
+
+    fn decide_start(&mut self) -> Result<Start> {
+        let location = self.storage.describe();
+        let state = LocalState::load(&self.state_path)?
+            .filter(|s| s.name == self.opts.name && s.location == location && s.page_size == self.page_size);
+        let head = remote::head(self.storage.as_ref(), &self.opts.name)?;
+        let Some(head) = head else {
+            return Ok(Start::NewGeneration { reason: "no backup yet".into(), after: None });
+        };
+        let Some(mut state) = state else {
+            if self.opts.new_generation {
+                return Ok(Start::NewGeneration { reason: "--new-generation given".into(), after: Some(head) });
+            }
+            return Err(Error::Fenced(format!(
+                "{} already holds backups of '{}' (generation {:016x}, seq {}) that this database has no record of \
+                 writing; another walrust may be writing them. If this database should replace them, run with --new-generation",
+                location,
+                self.opts.name,
+                head.generation,
+                head.last.key.seq
+            )));
+        };
+        // An upload that was in flight when we stopped may have landed.
+        if let Some(p) = state.pending.take() {
+            if p.key == head.last.key_str {
+                state.seq = p.seq;
+                state.chain = p.chain;
+                state.head_key = p.key;
+                state.wal = Some(p.wal);
+                state.db_stamp = None;
+            }
+        }
+        if state.head_key != head.last.key_str {
+            if self.opts.new_generation {
+                return Ok(Start::NewGeneration { reason: "--new-generation given".into(), after: Some(head) });
+            }
+            return Err(Error::Fenced(format!(
+                "the backups of '{}' in {} moved on without this database (remote head {}, this database last wrote {}); \
+                 another writer? Refusing to write. To start over from this database, run with --new-generation",
+                self.opts.name, location, head.last.key_str, state.head_key
+            )));
+        }
+        // The remote head is ours. Can the WAL prove that nothing was missed since?
+        let header = wal::read_header(&self.wal).map_err(|e| Error::io(self.wal_path.display().to_string(), e))?;
+        match (&state.wal, &state.db_stamp, header) {
+            (Some(pos), _, Some(h)) if pos.same_cycle(&h) => {
+                match wal::cursor_at(&self.wal, &h, pos.frames)
+                    .map_err(|e| Error::io(self.wal_path.display().to_string(), e))?
+                {
+                    Some(c) if c == pos.cursor() => Ok(Start::Resume { cycle: Some(h), cursor: c, state }),
+                    _ => Ok(Start::NewGeneration {
+                        reason: "the WAL no longer holds the frames last shipped".into(),
+                        after: Some(head),
+                    }),
+                }
+            }
+            (Some(pos), Some(stamp), h)
+                if h.is_none_or(|h| {
+                    h.ckpt_seq == pos.ckpt_seq.wrapping_add(1) && h.salt1 == pos.salt1.wrapping_add(1)
+                }) =>
+            {
+                // Clean shutdown with everything shipped, then the WAL restarted (or was truncated). Restarting
+                // needs every frame backfilled into the database file; frames we had not shipped could only have
+                // got there by a checkpoint after we left, which changes the file.
+                let now = FileStamp::of(&self.db_path).map_err(|e| Error::io(self.db_path.display().to_string(), e))?;
+                if now == *stamp {
+                    let cursor = h.as_ref().map(WalCursor::start).unwrap_or(WalCursor { frames: 0, checksum: [0, 0] });
+                    Ok(Start::Resume { cycle: h, cursor, state })
+                } else {
+                    Ok(Start::NewGeneration {
+                        reason: "the WAL restarted and the database was checkpointed while walrust was not running"
+                            .into(),
+                        after: Some(head),
+                    })
+                }
+            }
+            (None, Some(stamp), h) => {
+                let now = FileStamp::of(&self.db_path).map_err(|e| Error::io(self.db_path.display().to_string(), e))?;
+                if now == *stamp {
+                    // Restored by walrust and not checkpointed since: every change since is in the current WAL.
+                    let cursor = h.as_ref().map(WalCursor::start).unwrap_or(WalCursor { frames: 0, checksum: [0, 0] });
+                    Ok(Start::Resume { cycle: h, cursor, state })
+                } else {
+                    Ok(Start::NewGeneration {
+                        reason: "the database changed since it was restored and its WAL cannot account for it".into(),
+                        after: Some(head),
+                    })
+                }
+            }
+            _ => Ok(Start::NewGeneration {
+                reason: "the WAL restarted or disappeared while walrust was not running".into(),
+                after: Some(head),
+            }),
+        }
+    }
+
+    /// Starts a new generation: base snapshot of the current committed state.
+    fn new_generation(&mut self, after: Option<&remote::Head>) -> Result<()> {
+        let saved = (self.generation, self.seq, self.chain);
+        let r = self.try_new_generation(after);
+        if r.is_err() {
+            (self.generation, self.seq, self.chain) = saved;
+        }
+        r
+    }
+
+    fn try_new_generation(&mut self, after: Option<&remote::Head>) -> Result<()> {
+        let prev_gen = after.map(|h| h.generations.iter().copied().max().unwrap_or(0)).unwrap_or(0);
+        let time_gen = now_ms() << 16 | (crate::storage::retry::jitter(0xffff));
+        self.generation = time_gen.max(prev_gen.saturating_add(1));
+        self.seq = after.map(|h| h.max_seq() + 1).unwrap_or(1);
+        self.chain = 0;
+        self.pins.advance()?;
+        let header = self.read_header()?;
+        let snap = self.build_overlay(header.as_ref())?;
+        let commit_ms = now_ms();
+        let uploaded = self.upload_snapshot(&snap, Kind::Base, commit_ms)?;
+        self.cycle = header;
+        self.cursor = snap.end;
+        self.chain = uploaded.checksum;
+        self.head_key = uploaded.key_str;
+        self.last_snapshot_ms = commit_ms;
+        self.changed_since_snapshot = false;
+        self.established = true;
+        self.inflight = None;
+        self.stats.generations_started += 1;
+        self.save_state(None)?;
+        log::info(&format!(
+            "{}: generation {:016x} started at seq {} ({} pages)",
+            self.opts.name, self.generation, self.seq, snap.db_size
+        ));
+        Ok(())
+    }
+
+    fn read_header(&self) -> Result<Option<WalHeader>> {
+        wal::read_header(&self.wal).map_err(|e| Error::io(self.wal_path.display().to_string(), e))
+    }
+
+    /// The committed state at the end of the current WAL cycle: which pages come from the WAL.
+    fn build_overlay(&self, header: Option<&WalHeader>) -> Result<Overlay> {
+        let ioerr = |e: io::Error| Error::io(self.wal_path.display().to_string(), e);
+        let batch = match header {
+            Some(h) => wal::read_batch(&self.wal, h, WalCursor::start(h), u32::MAX).map_err(ioerr)?,
+            None => None,
+        };
+        let end = match (header, &batch) {
+            (_, Some(b)) => b.end,
+            (Some(h), None) => WalCursor::start(h),
+            (None, None) => WalCursor { frames: 0, checksum: [0, 0] },
+        };
+        let db_size = match &batch {
+            Some(b) => b.db_size_pages,
+            None => {
+                let len = std::fs::metadata(&self.db_path)
+                    .map_err(|e| Error::io(self.db_path.display().to_string(), e))?
+                    .len();
+                (len / self.page_size as u64) as u32
+            }
+        };
+        let pages = batch.map(|b| b.pages).unwrap_or_default();
+        Ok(Overlay { pages, end, db_size })
+    }
+
+    fn upload_snapshot(&mut self, snap: &Overlay, kind: Kind, commit_ms: u64) -> Result<object::Uploaded> {
+        let flags = match kind {
+            Kind::Base => hadbp::FLAG_SNAPSHOT | hadbp::FLAG_BASE,
+            _ => hadbp::FLAG_SNAPSHOT,
+        };
+        let header = Header {
+            version: hadbp::VERSION,
+            flags,
+            page_id_size: 4,
+            page_size: self.page_size,
+            seq: self.seq,
+            prev_checksum: if kind == Kind::Base { 0 } else { self.chain },
+            page_count: snap.db_size + 1,
+            created_ms: commit_ms,
+        };
+        let meta = ObjectMeta { generation: self.generation, seq: self.seq, commit_ms, kind };
+        let pins = &self.pins;
+        let wal = &self.wal;
+        let page_size = self.page_size as usize;
+        let mut records = move |emit: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>| -> io::Result<()> {
+            emit(hadbp::META_PAGE_ID, &hadbp::commit_record(snap.db_size))?;
+            let mut buf = vec![0u8; page_size];
+            for pgno in 1..=snap.db_size {
+                match snap.pages.get(&pgno) {
+                    Some(&off) => wal.read_exact_at(&mut buf, off)?,
+                    None => {
+                        let ok = pins
+                            .read_db((pgno as u64 - 1) * page_size as u64, &mut buf)
+                            .map_err(|e| io::Error::other(e.to_string()))?;
+                        if !ok {
+                            return Err(io::Error::other(format!(
+                                "page {pgno} is beyond the end of the database file"
+                            )));
+                        }
+                    }
+                }
+                emit(pgno as u64, &buf)?;
+            }
+            Ok(())
+        };
+        let src: &mut RecordSource<'_> = &mut records;
+        let uploaded = object::upload(self.storage.as_ref(), &self.opts.name, meta, &header, src)?;
+        self.stats.snapshots += 1;
+        self.stats.bytes_uploaded += uploaded.bytes;
+        self.last_upload = Some(Instant::now());
+        Ok(uploaded)
+    }
+
+    /// One cheap check: is there anything new in the WAL?
+    fn wal_changed(&mut self) -> Result<bool> {
+        let m = self.wal.metadata().map_err(|e| Error::io(self.wal_path.display().to_string(), e))?;
+        let stat = (m.len(), m.mtime(), m.mtime_nsec());
+        let changed = stat != self.last_wal_stat;
+        self.last_wal_stat = stat;
+        Ok(changed)
+    }
+
+    /// Checks the database file is still the one we opened (not replaced under us).
+    fn check_not_replaced(&self) -> Result<()> {
+        match std::fs::metadata(&self.db_path) {
+            Ok(m) if m.ino() == self.db_inode => Ok(()),
+            Ok(_) => Err(Error::Other(format!(
+                "{} was replaced by another file while walrust watched it; stopping (restart walrust to back up the new file)",
+                self.db_path.display()
+            ))),
+            Err(e) => Err(Error::io(format!("{} disappeared while walrust watched it", self.db_path.display()), e)),
+        }
+    }
+
+    /// One iteration of the loop. `force` ignores the request budget (shutdown, startup).
+    pub fn tick(&mut self, force: bool) -> Result<()> {
+        let changed = self.wal_changed()?;
+        if changed || force {
+            self.check_not_replaced()?;
+            let budget_ok = force || self.last_upload.is_none_or(|t| t.elapsed() >= self.opts.sync_interval);
+            if !budget_ok {
+                // Come back when the budget allows; make sure the next tick looks again.
+                self.last_wal_stat = (u64::MAX, 0, 0);
+                return Ok(());
+            }
+            self.sync(force)?;
+        }
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    /// Reads and ships everything committed after the cursor.
+    pub fn sync(&mut self, _force: bool) -> Result<()> {
+        loop {
+            let before = self.read_header()?;
+            let Some(h) = before else {
+                // Empty or zeroed WAL (e.g. truncated by a checkpoint): nothing to read until a writer writes.
+                self.established = true;
+                return Ok(());
+            };
+            if self.cycle != Some(h) && !self.follow_restart(&h)? {
+                return Ok(()); // a new generation was started
+            }
+            let max_frames = match self.inflight {
+                Some(f) => f.end.frames.saturating_sub(self.cursor.frames).max(1),
+                None => self.opts.batch_frames_max,
+            };
+            let batch = wal::read_batch(&self.wal, &h, self.cursor, max_frames)
+                .map_err(|e| Error::io(self.wal_path.display().to_string(), e))?;
+            let after = self.read_header()?;
+            if after != Some(h) {
+                continue; // the WAL restarted during the read: read again under the new header
+            }
+            let Some(batch) = batch else {
+                self.established = true;
+                return Ok(());
+            };
+            self.ship(&h, &batch)?;
+            self.established = true;
+            self.pins.advance()?;
+            self.maybe_checkpoint()?;
+            if batch.end.frames - batch.start.frames >= max_frames && self.more_after_cursor(&h)? {
+                continue; // the batch was cut at batch_frames_max: a long WAL ships as several changesets
+            }
+            return Ok(());
+        }
+    }
+
+    fn more_after_cursor(&self, h: &WalHeader) -> Result<bool> {
+        let len = self.wal.metadata().map_err(|e| Error::io(self.wal_path.display().to_string(), e))?.len();
+        Ok(len > wal::frame_offset(h.page_size, self.cursor.frames))
+    }
+
+    /// The WAL header changed. Returns true when the chain can follow the new cycle.
+    fn follow_restart(&mut self, h: &WalHeader) -> Result<bool> {
+        let follows = match self.cycle {
+            // First header after a restore or on a fresh WAL: everything in it is new.
+            None => self.established || self.cursor.frames == 0,
+            Some(old) => self.established && h.ckpt_seq == old.ckpt_seq.wrapping_add(1),
+        };
+        if follows {
+            self.cycle = Some(*h);
+            self.cursor = WalCursor::start(h);
+            return Ok(true);
+        }
+        log::warn(&format!(
+            "{}: the WAL restarted in a way walrust could not follow; starting a new generation",
+            self.opts.name
+        ));
+        let head = remote::head(self.storage.as_ref(), &self.opts.name)?;
+        self.new_generation(head.as_ref())?;
+        Ok(false)
+    }
+
+    /// Uploads one batch as a changeset and advances (only after the storage acknowledged it).
+    fn ship(&mut self, h: &WalHeader, batch: &CommittedBatch) -> Result<()> {
+        let commit_ms = match self.inflight {
+            Some(f) if f.end == batch.end => f.commit_ms,
+            Some(f) => {
+                return Err(Error::Other(format!(
+                    "{}: the WAL no longer matches the changeset being retried (frame {} vs {})",
+                    self.opts.name, batch.end.frames, f.end.frames
+                )));
+            }
+            None => now_ms(),
+        };
+        self.inflight = Some(Inflight { end: batch.end, commit_ms });
+        let seq = self.seq + 1;
+        let pages: Vec<(u32, u64)> =
+            batch.pages.iter().filter(|(p, _)| **p <= batch.db_size_pages).map(|(p, o)| (*p, *o)).collect();
+        let header = Header {
+            version: hadbp::VERSION,
+            flags: 0,
+            page_id_size: 4,
+            page_size: self.page_size,
+            seq,
+            prev_checksum: self.chain,
+            page_count: pages.len() as u32 + 1,
+            created_ms: commit_ms,
+        };
+        let meta = ObjectMeta { generation: self.generation, seq, commit_ms, kind: Kind::Changeset };
+        let wal = &self.wal;
+        let page_size = self.page_size as usize;
+        let db_size = batch.db_size_pages;
+        let mut records = |emit: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>| -> io::Result<()> {
+            emit(hadbp::META_PAGE_ID, &hadbp::commit_record(db_size))?;
+            let mut buf = vec![0u8; page_size];
+            for &(pgno, off) in &pages {
+                wal.read_exact_at(&mut buf, off)?;
+                emit(pgno as u64, &buf)?;
+            }
+            Ok(())
+        };
+        let prepared = object::prepare(&self.opts.name, meta, &header, &mut records)?;
+        let pos = WalPosition::new(h, &batch.end);
+        self.save_state(Some(Pending { key: prepared.key_str.clone(), seq, chain: prepared.checksum, wal: pos }))?;
+        let uploaded = prepared.put(self.storage.as_ref(), &header, &mut records)?;
+        // Acknowledged: advance.
+        self.inflight = None;
+        self.seq = seq;
+        self.chain = uploaded.checksum;
+        self.head_key = uploaded.key_str;
+        self.cursor = batch.end;
+        self.cycle = Some(*h);
+        self.changed_since_snapshot = true;
+        self.last_upload = Some(Instant::now());
+        self.stats.changesets += 1;
+        self.stats.bytes_uploaded += uploaded.bytes;
+        self.save_state(None)?;
+        Ok(())
+    }
+
+    /// PASSIVE checkpoint once the WAL is long, FULL when it is very large; then, when everything is
+    /// backfilled, move the pin again so that it lands on read mark 0 and the next writer restarts the WAL.
+    fn maybe_checkpoint(&mut self) -> Result<()> {
+        if self.cursor.frames < self.opts.checkpoint_frames {
+            return Ok(());
+        }
+        let wal_bytes = self.wal.metadata().map(|m| m.len()).unwrap_or(0);
+        let mode = if wal_bytes >= self.opts.checkpoint_full_bytes { Checkpoint::Full } else { Checkpoint::Passive };
+        let r = self.pins.checkpoint(mode)?;
+        self.stats.checkpoints += 1;
+        if !r.busy && r.log_frames == r.checkpointed_frames && r.log_frames as u64 == self.cursor.frames as u64 {
+            self.pins.advance()?;
+        }
+        Ok(())
+    }
+
+    /// Interval snapshot: when due, something changed, and everything read is shipped.
+    fn maybe_snapshot(&mut self) -> Result<()> {
+        if !self.changed_since_snapshot
+            || now_ms().saturating_sub(self.last_snapshot_ms) < self.opts.snapshot_interval.as_millis() as u64
+        {
+            return Ok(());
+        }
+        self.snapshot_now()
+    }
+
+    /// Takes a mid-generation snapshot of the state at the current seq (everything committed is shipped first).
+    pub fn snapshot_now(&mut self) -> Result<()> {
+        self.sync(true)?;
+        let header = self.read_header()?;
+        let snap = self.build_overlay(header.as_ref())?;
+        if header != self.cycle || snap.end != self.cursor {
+            return Ok(()); // new frames arrived meanwhile: ship them first, snapshot on a later tick
+        }
+        // Fencing check: nothing may follow our head in this generation.
+        let newer = remote::objects(self.storage.as_ref(), &self.opts.name, self.generation, Some(&self.head_key))?;
+        if let Some(e) = newer.iter().find(|e| e.key.kind != Kind::Snapshot || e.key.seq > self.seq) {
+            return Err(Error::Fenced(format!(
+                "another writer added {} after this database's last object {}; stopping",
+                e.key_str, self.head_key
+            )));
+        }
+        let commit_ms = now_ms();
+        self.upload_snapshot(&snap, Kind::Snapshot, commit_ms)?;
+        self.last_snapshot_ms = commit_ms;
+        self.changed_since_snapshot = false;
+        self.save_state(None)
+    }
+
+    fn save_state(&self, pending: Option<Pending>) -> Result<()> {
+        self.save_state_with(pending, None)
+    }
+
+    fn save_state_with(&self, pending: Option<Pending>, db_stamp: Option<FileStamp>) -> Result<()> {
+        let s = LocalState {
+            version: STATE_VERSION,
+            name: self.opts.name.clone(),
+            location: self.storage.describe(),
+            generation: self.generation,
+            seq: self.seq,
+            chain: self.chain,
+            head_key: self.head_key.clone(),
+            wal: self.cycle.map(|h| WalPosition::new(&h, &self.cursor)),
+            db_stamp,
+            page_size: self.page_size,
+            last_snapshot_ms: self.last_snapshot_ms,
+            pending,
+        };
+        s.save(&self.state_path)
+    }
+
+    /// Runs until `stop` is set, then ships what is committed and returns.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<()> {
+        let mut failures: u32 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            match self.tick(false) {
+                Ok(()) => failures = 0,
+                Err(e) if retryable(&e) => {
+                    failures += 1;
+                    log::warn(&format!("{}: {e} (will retry)", self.opts.name));
+                    self.last_wal_stat = (u64::MAX, 0, 0);
+                    let backoff = Duration::from_millis((500u64 << failures.min(6)).min(30_000));
+                    sleep_until(stop, backoff);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            sleep_until(stop, self.opts.check_interval);
+        }
+        self.tick(true)?;
+        self.shutdown()
+    }
+
+    /// After the final sync: when the WAL holds nothing unshipped, record the database file's stamp so that the
+    /// next start can follow one WAL restart that happens while walrust is not running (see decide_start).
+    pub fn shutdown(&mut self) -> Result<()> {
+        let r = self.pins.checkpoint(Checkpoint::Passive)?;
+        let header = self.read_header()?;
+        if header == self.cycle && r.log_frames >= 0 && r.log_frames as u64 == self.cursor.frames as u64 {
+            // Still pinned: nothing past the cursor can be backfilled before we exit.
+            let stamp = FileStamp::of(&self.db_path).map_err(|e| Error::io(self.db_path.display().to_string(), e))?;
+            self.save_state_with(None, Some(stamp))?;
+        }
+        Ok(())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+}
+
+/// Errors the loop waits out: storage failures of any kind (the WAL keeps the data meanwhile) and SQLite
+/// lock contention.
+fn retryable(e: &Error) -> bool {
+    match e {
+        Error::Storage { .. } => true,
+        Error::Sqlite { source: rusqlite::Error::SqliteFailure(f, _), .. } => {
+            matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        }
+        _ => false,
+    }
+}
+
+/// Sleeps for `d`, waking early when `stop` is set.
+pub fn sleep_until(stop: &AtomicBool, d: Duration) {
+    let end = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// The pages of the committed state at the end of the current WAL cycle that come from the WAL.
+struct Overlay {
+    pages: BTreeMap<u32, u64>,
+    end: WalCursor,
+    db_size: u32,
+}
+
+/// One walrust per database on this machine: an exclusive lock on `DB-walrust.lock`.
+fn lock_file(db: &Path) -> Result<File> {
+    let mut p = state_path(db).into_os_string();
+    p.push(".lock");
+    let p = PathBuf::from(p);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Fenced(format!(
+            "another walrust is already watching {} (lock {} is held)",
+            db.display(),
+            p.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(format!("locking {}", p.display()), e)),
+    }
+}
+
+/// Signals that stop a watch: the first asks for a drain, the second exits at once.
+pub fn install_signal_handlers() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
+            .map_err(|e| Error::io("installing signal handlers", e))?;
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| Error::io("installing signal handlers", e))?;
+    }
+    Ok(stop)
+}

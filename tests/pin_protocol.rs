@@ -1,0 +1,137 @@
+//! The read-mark-0 window (FIELD-NOTES.md): an application that checkpoints with TRUNCATE and restarts the WAL
+//! between two of walrust's polls must not make walrust lose a transaction or start a new generation.
+//!
+//! The application runs in this process through its own connections (SQLite locks between connections of one
+//! process behave as between processes for WAL read marks); walrust's loop is driven tick by tick so that the
+//! application gets to act exactly in the window.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use walrust::restore::{restore, RestoreOptions, Target};
+use walrust::storage::{local::LocalStorage, StorageRef};
+use walrust::watch::{WatchOptions, Watcher};
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("walrust-pin-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn app(db: &Path) -> Connection {
+    let c = Connection::open(db).unwrap();
+    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; PRAGMA busy_timeout=100").unwrap();
+    c
+}
+
+fn rows(db: &Path) -> Vec<(i64, String)> {
+    let c = Connection::open(db).unwrap();
+    let mut st = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+fn opts() -> WatchOptions {
+    let mut o = WatchOptions::new("app");
+    o.sync_interval = std::time::Duration::ZERO;
+    // Checkpoint after every shipped changeset, so that walrust's pin often lands on read mark 0 and the
+    // application's next write restarts the WAL: the window is exercised on every round.
+    o.checkpoint_frames = 1;
+    o
+}
+
+#[test]
+fn truncate_checkpoints_between_polls_lose_nothing() {
+    let dir = temp_dir("truncate");
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    // Fully backfilled WAL: walrust's first pin lands on read mark 0, the dangerous case.
+    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup")).unwrap());
+    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    assert_eq!(w.stats.generations_started, 1);
+
+    for round in 0..40 {
+        // The application: a transaction, a TRUNCATE checkpoint (which would restart the WAL), another
+        // transaction, all before walrust looks again.
+        a.execute("INSERT INTO t(v) VALUES (?1)", [format!("a{round}")]).unwrap();
+        let _ = a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        a.execute("INSERT INTO t(v) VALUES (?1)", [format!("b{round}")]).unwrap();
+        let _ = a.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+        if round % 3 == 0 {
+            a.execute("UPDATE t SET v = v || '!' WHERE id % 5 = ?1", [round % 5]).unwrap();
+        }
+        w.tick(true).unwrap();
+    }
+    w.tick(true).unwrap();
+    assert_eq!(w.stats.generations_started, 1, "the chain must follow every restart, not start over");
+    drop(w);
+
+    let out = dir.join("out.db");
+    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
+    restore(storage.as_ref(), "app", &opts).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    assert_eq!(rows(&out).len(), 81);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn restart_with_intact_wal_resumes_without_snapshot() {
+    let dir = temp_dir("resume");
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup")).unwrap());
+    {
+        let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
+        w.tick(true).unwrap();
+        w.shutdown().unwrap();
+    }
+    // Written while walrust is down: walrust had checkpointed, so this write restarts the WAL.
+    a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
+    let objects_before = walrust::storage::list_all(storage.as_ref(), "", None).unwrap();
+    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    assert_eq!(w.stats.generations_started, 0, "resumed, no new generation");
+    assert_eq!(w.stats.snapshots, 0, "resumed, no snapshot");
+    w.tick(true).unwrap();
+    let objects_after = walrust::storage::list_all(storage.as_ref(), "", None).unwrap();
+    assert_eq!(objects_after.len(), objects_before.len() + 1, "the startup sync shipped 'two' as one changeset");
+    assert!(objects_after.iter().filter(|o| o.key.contains("-b-") || o.key.contains("-s-")).count() == 1);
+    drop(w);
+    let out = dir.join("out.db");
+    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
+    restore(storage.as_ref(), "app", &opts).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn wal_restart_while_down_starts_a_new_generation() {
+    let dir = temp_dir("down");
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup")).unwrap());
+    {
+        let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
+        w.tick(true).unwrap();
+    }
+    // While walrust is down the application writes, checkpoints everything and restarts the WAL.
+    a.execute("INSERT INTO t(v) VALUES ('lost-from-wal')", []).unwrap();
+    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    a.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    assert_eq!(w.stats.generations_started, 1, "continuity cannot be proven: new generation");
+    w.tick(true).unwrap();
+    drop(w);
+    let out = dir.join("out.db");
+    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
+    restore(storage.as_ref(), "app", &opts).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
