@@ -368,7 +368,9 @@ mod tests {
         e.finish().unwrap()
     }
 
-    fn decode(bytes: &[u8]) -> Result<(Header, Vec<(u64, Vec<u8>)>, u64), DecodeError> {
+    type Decoded = (Header, Vec<(u64, Vec<u8>)>, u64);
+
+    fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
         let mut d = Decoder::new(bytes)?;
         let mut out = Vec::new();
         let mut buf = Vec::new();

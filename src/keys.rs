@@ -193,7 +193,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let k = key(x % 3, x % 1000, (x >> 20) % 0xffff_ffff_ff, Kind::Changeset);
+            let k = key(x % 3, x % 1000, (x >> 20) % 0x00ff_ffff_ffff, Kind::Changeset);
             keys.push((k.format("n"), k));
         }
         keys.sort_by(|a, b| a.0.cmp(&b.0));

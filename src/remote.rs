@@ -35,7 +35,7 @@ pub fn objects(storage: &dyn Storage, name: &str, generation: u64, start_after: 
             (key.generation == generation).then_some(Entry { key, key_str: o.key, size: o.size })
         })
         .collect();
-    out.sort_by(|a, b| (a.key.seq, a.key.commit_ms, a.key.kind).cmp(&(b.key.seq, b.key.commit_ms, b.key.kind)));
+    out.sort_by_key(|a| (a.key.seq, a.key.commit_ms, a.key.kind));
     Ok(out)
 }
 

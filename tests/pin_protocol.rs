@@ -50,7 +50,7 @@ fn truncate_checkpoints_between_polls_lose_nothing() {
     // Fully backfilled WAL: walrust's first pin lands on read mark 0, the dangerous case.
     a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
 
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup")).unwrap());
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
     let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
     assert_eq!(w.stats.generations_started, 1);
 
@@ -84,7 +84,7 @@ fn restart_with_intact_wal_resumes_without_snapshot() {
     let db = dir.join("app.db");
     let a = app(&db);
     a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup")).unwrap());
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
     {
         let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
         a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
@@ -115,7 +115,7 @@ fn wal_restart_while_down_starts_a_new_generation() {
     let db = dir.join("app.db");
     let a = app(&db);
     a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup")).unwrap());
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
     {
         let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
         a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();

@@ -65,10 +65,16 @@ pub(crate) struct StorageArgs {
 }
 
 impl StorageArgs {
+    /// Opens the storage for reading: a missing `file://` directory is an error.
     pub fn open(&self) -> Result<StorageRef> {
+        self.open_with(false)
+    }
+
+    /// Opens the storage; `create` makes a missing `file://` directory (watch, snapshot).
+    pub fn open_with(&self, create: bool) -> Result<StorageRef> {
         let url = self.bucket.as_deref().ok_or_else(|| Error::Usage("missing -b s3://BUCKET or file:///DIR".into()))?;
         let location = storage::parse_location(url)?;
-        let opts = OpenOptions { endpoint: self.endpoint.clone(), ..Default::default() };
+        let opts = OpenOptions { endpoint: self.endpoint.clone(), create, ..Default::default() };
         Ok(storage::open(&location, &opts)?)
     }
 }

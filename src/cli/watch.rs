@@ -73,7 +73,7 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     if name.is_some() && dbs.len() > 1 {
         return Err(Error::Usage("--name applies to a single database".into()));
     }
-    let storage = storage.open()?;
+    let storage = storage.open_with(true)?;
     let mut jobs = Vec::new();
     for db in &dbs {
         let n = match &name {

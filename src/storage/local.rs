@@ -26,8 +26,20 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl LocalStorage {
     /// Opens (creating if needed) the directory `root`.
-    pub fn open(root: &Path) -> Result<Self> {
-        fs::create_dir_all(root).map_err(|e| StorageError::io(root.display(), e))?;
+    /// Opens the directory `root`; with `create`, makes it (and its parents) when missing. Without, a missing
+    /// directory is [`StorageError::NoSuchBucket`], like a missing S3 bucket.
+    pub fn open(root: &Path, create: bool) -> Result<Self> {
+        match fs::metadata(root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(StorageError::Config(format!("{} is not a directory", root.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                fs::create_dir_all(root).map_err(|e| StorageError::io(root.display(), e))?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StorageError::NoSuchBucket { bucket: root.display().to_string() })
+            }
+            Err(e) => return Err(StorageError::io(root.display(), e)),
+        }
         Ok(LocalStorage { root: root.to_path_buf() })
     }
 

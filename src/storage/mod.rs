@@ -8,6 +8,7 @@
 //! - A create-if-absent write that finds the key taken returns [`PutOutcome::AlreadyExists`], not an error.
 //! - Bodies stream: `put` reads the body in bounded parts, `get` returns a reader.
 
+pub mod credentials;
 pub mod local;
 pub mod retry;
 pub mod s3;
@@ -81,7 +82,12 @@ impl StorageError {
                 matches!(status, 500 | 502 | 503 | 504)
                     || matches!(
                         code.as_str(),
-                        "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable" | "RequestTimeTooSkewed"
+                        "SlowDown"
+                            | "RequestTimeout"
+                            | "InternalError"
+                            | "ServiceUnavailable"
+                            | "RequestTimeTooSkewed"
+                            | "ConditionalRequestConflict"
                     )
             }
             StorageError::Io { source, .. } => matches!(
@@ -175,6 +181,28 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Where this storage points, for messages (`s3://bucket/prefix/`, `file:///dir`). No secrets.
     fn describe(&self) -> String;
+
+    /// Requests sent so far, by kind (for tests, benchmarks and metrics).
+    fn request_counts(&self) -> RequestCounts {
+        RequestCounts::default()
+    }
+}
+
+/// Requests sent to a backend, by kind. A multipart upload counts one `put` per part and one `other` each for
+/// its create and complete requests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub get: u64,
+    pub put: u64,
+    pub list: u64,
+    pub delete: u64,
+    pub other: u64,
+}
+
+impl RequestCounts {
+    pub fn total(&self) -> u64 {
+        self.get + self.put + self.list + self.delete + self.other
+    }
 }
 
 /// Shared handle to a backend.
@@ -215,12 +243,15 @@ pub struct OpenOptions {
     pub endpoint: Option<String>,
     /// Retry policy for transient failures.
     pub retry: retry::RetryPolicy,
+    /// For `file://`: create the directory when it does not exist (watch does; readers report it missing, so a
+    /// mistyped path is an error rather than an empty backup).
+    pub create: bool,
 }
 
 /// Opens the backend a location names.
 pub fn open(location: &Location, opts: &OpenOptions) -> Result<StorageRef> {
     match location {
-        Location::File { root } => Ok(Arc::new(local::LocalStorage::open(root)?)),
+        Location::File { root } => Ok(Arc::new(local::LocalStorage::open(root, opts.create)?)),
         Location::S3 { bucket, prefix } => Ok(Arc::new(s3::S3Storage::open(bucket, prefix, opts)?)),
     }
 }
