@@ -27,14 +27,8 @@ use crate::error::{Error, Result};
 /// How long a checkpoint or a pin waits on SQLite's locks before giving up for this round.
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(2_000);
 
-/// Checkpoint strength.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkpoint {
-    /// Copies what it can without waiting on readers or writers.
-    Passive,
-    /// Waits for writers (bounded by the busy timeout) and copies every frame readers allow.
-    Full,
-}
+/// How long walrust waits for the application's writers before taking the write lock for a forced checkpoint.
+pub const WRITE_LOCK_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// Result of a checkpoint: frames in the WAL, frames backfilled into the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +41,9 @@ pub struct CheckpointResult {
 pub struct Pins {
     path: PathBuf,
     conns: [Connection; 2],
+    /// Takes SQLite's write lock (BEGIN IMMEDIATE, never writes) for a forced checkpoint.
+    writer: Connection,
+    write_locked: bool,
     /// Index of the connection holding the read transaction, if any.
     held: Option<usize>,
 }
@@ -100,7 +97,9 @@ impl Pins {
         let a = open_conn(path)?;
         let page_size = check_wal_mode(&a, path)?;
         let b = open_conn(path)?;
-        let mut pins = Pins { path: path.to_path_buf(), conns: [a, b], held: None };
+        let writer = open_conn(path)?;
+        writer.busy_timeout(WRITE_LOCK_TIMEOUT).map_err(|e| Error::sqlite(format!("opening {}", path.display()), e))?;
+        let mut pins = Pins { path: path.to_path_buf(), conns: [a, b], writer, write_locked: false, held: None };
         pins.advance()?;
         Ok((pins, page_size))
     }
@@ -119,18 +118,40 @@ impl Pins {
         Ok(())
     }
 
-    /// Runs a checkpoint on the idle connection (the pin stays held, so it cannot pass frames not yet read).
-    pub fn checkpoint(&self, mode: Checkpoint) -> Result<CheckpointResult> {
+    /// Takes SQLite's write lock so that no transaction commits until [`Pins::unlock_writes`]. Returns false
+    /// when the application's writers kept it busy for [`WRITE_LOCK_TIMEOUT`] (try again later). Nothing is
+    /// ever written through this connection.
+    pub fn lock_writes(&mut self) -> Result<bool> {
+        match self.writer.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                self.write_locked = true;
+                Ok(true)
+            }
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::sqlite(format!("locking {}", self.path.display()), e)),
+        }
+    }
+
+    pub fn unlock_writes(&mut self) {
+        if self.write_locked {
+            let _ = self.writer.execute_batch("ROLLBACK");
+            self.write_locked = false;
+        }
+    }
+
+    /// Runs a PASSIVE checkpoint on the idle connection (the pin stays held, so it cannot pass frames not yet
+    /// read); it never waits for the application's readers or writers.
+    pub fn checkpoint(&self) -> Result<CheckpointResult> {
         let idle = match self.held {
             Some(i) => 1 - i,
             None => 0,
         };
-        let sql = match mode {
-            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
-            Checkpoint::Full => "PRAGMA wal_checkpoint(FULL)",
-        };
         self.conns[idle]
-            .query_row(sql, [], |r| {
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
                 Ok(CheckpointResult {
                     busy: r.get::<_, i64>(0)? != 0,
                     log_frames: r.get(1)?,

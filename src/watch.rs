@@ -30,10 +30,14 @@ use crate::keys::{self, Kind};
 use crate::log;
 use crate::object::{self, ObjectMeta, RecordSource};
 use crate::remote;
-use crate::sqlite::{Checkpoint, Pins};
+use crate::sqlite::Pins;
 use crate::state::{state_path, FileStamp, LocalState, Pending, WalPosition, STATE_VERSION};
 use crate::storage::StorageRef;
 use crate::wal::{self, CommittedBatch, WalCursor, WalHeader};
+
+/// How often an idle, caught-up database moves its pin, so that an application's own checkpoint waiting for
+/// readers (TRUNCATE, RESTART, FULL) is held up by walrust for at most about this long.
+const REPIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Settings of one database's loop.
 #[derive(Debug, Clone)]
@@ -48,7 +52,9 @@ pub struct WatchOptions {
     pub snapshot_interval: Duration,
     /// Run a PASSIVE checkpoint once the shipped WAL holds this many frames.
     pub checkpoint_frames: u32,
-    /// Run a FULL checkpoint (waits for writers, bounded by the busy timeout) above this WAL size.
+    /// Above this WAL size, force a restart point: take the write lock briefly (at most the time to ship what
+    /// committed since the last sync and copy frames into the database), checkpoint, and re-pin on read mark 0
+    /// so that the next writer restarts the WAL. Needed when the application writes without pause.
     pub checkpoint_full_bytes: u64,
     /// Split the shipping of a long WAL into changesets of about this many frames (at commit boundaries).
     pub batch_frames_max: u32,
@@ -64,7 +70,7 @@ impl WatchOptions {
             sync_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(3600),
             checkpoint_frames: 1000,
-            checkpoint_full_bytes: 64 * 1024 * 1024,
+            checkpoint_full_bytes: 32 * 1024 * 1024,
             batch_frames_max: 4096,
             new_generation: false,
         }
@@ -105,6 +111,10 @@ pub struct Watcher {
     changed_since_snapshot: bool,
     last_upload: Option<Instant>,
     last_wal_stat: (u64, i64, i64),
+    /// When the pin last moved (an idle, caught-up database re-pins now and then; see `tick`).
+    last_pin: Instant,
+    /// Inside a forced checkpoint (the write lock is held).
+    forcing: bool,
     /// A changeset whose upload failed: it is retried with the same frames and commit time, so that a PUT that
     /// landed although its answer was lost is found under the same key (never two objects for one seq).
     inflight: Option<Inflight>,
@@ -169,6 +179,8 @@ impl Watcher {
             changed_since_snapshot: false,
             last_upload: None,
             last_wal_stat: (u64::MAX, 0, 0),
+            last_pin: Instant::now(),
+            forcing: false,
             inflight: None,
             stats: WatchStats::default(),
         };
@@ -439,6 +451,12 @@ impl Watcher {
                 return Ok(());
             }
             self.sync(force)?;
+        } else if self.inflight.is_none() && self.last_pin.elapsed() >= REPIN_INTERVAL {
+            // Caught up and nothing changed: move the pin to the current end. If the application has backfilled
+            // everything (its own checkpoint, perhaps a TRUNCATE now waiting for readers), the new pin lands on
+            // read mark 0 and lets that checkpoint restart the WAL. Safe because nothing unshipped is in the WAL.
+            self.pins.advance()?;
+            self.last_pin = Instant::now();
         }
         self.maybe_snapshot()?;
         Ok(())
@@ -472,10 +490,19 @@ impl Watcher {
             };
             self.ship(&h, &batch)?;
             self.established = true;
-            self.pins.advance()?;
-            self.maybe_checkpoint()?;
             if batch.end.frames - batch.start.frames >= max_frames && self.more_after_cursor(&h)? {
-                continue; // the batch was cut at batch_frames_max: a long WAL ships as several changesets
+                // The batch was cut at batch_frames_max: a long WAL ships as several changesets. The pin stays
+                // where it is until the end is shipped (a pin moved now could land on read mark 0 while frames
+                // it no longer protects are unshipped).
+                continue;
+            }
+            // Everything up to where this read began is shipped, and the old pin predates that read: the new pin
+            // either protects the frames committed since (read mark > 0) or finds the WAL fully backfilled,
+            // which means nothing unshipped is in it.
+            self.pins.advance()?;
+            self.last_pin = Instant::now();
+            if !self.forcing {
+                self.maybe_checkpoint()?;
             }
             return Ok(());
         }
@@ -572,12 +599,42 @@ impl Watcher {
             return Ok(());
         }
         let wal_bytes = self.wal.metadata().map(|m| m.len()).unwrap_or(0);
-        let mode = if wal_bytes >= self.opts.checkpoint_full_bytes { Checkpoint::Full } else { Checkpoint::Passive };
-        let r = self.pins.checkpoint(mode)?;
+        if wal_bytes >= self.opts.checkpoint_full_bytes {
+            return self.forced_checkpoint();
+        }
+        let r = self.pins.checkpoint()?;
+        self.stats.checkpoints += 1;
+        if !r.busy && r.log_frames == r.checkpointed_frames && r.log_frames as u64 == self.cursor.frames as u64 {
+            self.pins.advance()?;
+            self.last_pin = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Makes a WAL restart possible under a writer that never pauses: with the write lock held (no commits can
+    /// happen), ship the little that committed since the last sync, checkpoint everything, and re-pin, which
+    /// now lands on read mark 0. The application's next commit restarts the WAL. If its writers hold the lock
+    /// for longer than WRITE_LOCK_TIMEOUT, try again after the next sync.
+    fn forced_checkpoint(&mut self) -> Result<()> {
+        if !self.pins.lock_writes()? {
+            return Ok(());
+        }
+        self.forcing = true;
+        let r = self.forced_checkpoint_locked();
+        self.forcing = false;
+        self.pins.unlock_writes();
+        r
+    }
+
+    fn forced_checkpoint_locked(&mut self) -> Result<()> {
+        self.sync(true)?;
+        self.pins.advance()?;
+        let r = self.pins.checkpoint()?;
         self.stats.checkpoints += 1;
         if !r.busy && r.log_frames == r.checkpointed_frames && r.log_frames as u64 == self.cursor.frames as u64 {
             self.pins.advance()?;
         }
+        self.last_pin = Instant::now();
         Ok(())
     }
 
@@ -661,7 +718,7 @@ impl Watcher {
     /// After the final sync: when the WAL holds nothing unshipped, record the database file's stamp so that the
     /// next start can follow one WAL restart that happens while walrust is not running (see decide_start).
     pub fn shutdown(&mut self) -> Result<()> {
-        let r = self.pins.checkpoint(Checkpoint::Passive)?;
+        let r = self.pins.checkpoint()?;
         let header = self.read_header()?;
         if header == self.cycle && r.log_frames >= 0 && r.log_frames as u64 == self.cursor.frames as u64 {
             // Still pinned: nothing past the cursor can be backfilled before we exit.

@@ -40,3 +40,153 @@ pub fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{prefix}-{}-{}-{}", std::process::id(), nanos % 1_000_000_000_000, N.fetch_add(1, Ordering::Relaxed))
 }
+
+// ---- end-to-end helpers: the walrust binary, the Python workload, backends ----
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// Where a test's backups go, as CLI arguments and as a library handle.
+pub struct Backend {
+    pub url: String,
+    pub endpoint: Option<String>,
+}
+
+impl Backend {
+    pub fn file(dir: &Path) -> Backend {
+        Backend { url: format!("file://{}", dir.join("backups").display()), endpoint: None }
+    }
+
+    /// A fresh prefix on the test S3 server, or `None` when no server is configured (test skipped).
+    pub fn s3() -> Option<Backend> {
+        let env = s3_env()?;
+        Some(Backend { url: format!("s3://{}/{}/", env.bucket, unique("e2e")), endpoint: Some(env.endpoint) })
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut v = vec!["-b".to_string(), self.url.clone()];
+        if let Some(e) = &self.endpoint {
+            v.push("--endpoint".into());
+            v.push(e.clone());
+        }
+        v
+    }
+
+    pub fn storage(&self) -> walrust::storage::StorageRef {
+        let loc = walrust::storage::parse_location(&self.url).unwrap();
+        let opts =
+            walrust::storage::OpenOptions { endpoint: self.endpoint.clone(), create: true, ..Default::default() };
+        walrust::storage::open(&loc, &opts).unwrap()
+    }
+
+    /// Every stored key under `name/`.
+    pub fn keys(&self, name: &str) -> Vec<String> {
+        let s = self.storage();
+        walrust::storage::list_all(&*s, &format!("{name}/"), None).unwrap().into_iter().map(|o| o.key).collect()
+    }
+}
+
+/// A fresh directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique(&format!("walrust-{tag}")));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn walrust_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_walrust")
+}
+
+/// Runs `walrust ARGS...` to completion.
+pub fn walrust(args: &[&str]) -> Output {
+    Command::new(walrust_bin()).args(args).output().unwrap()
+}
+
+/// `walrust watch DB` in the background, logging to `log`.
+pub fn spawn_watch(db: &Path, backend: &Backend, extra: &[&str], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(walrust_bin())
+        .arg("watch")
+        .arg(db)
+        .args(backend.args())
+        .args(["--interval", "100ms", "--check-interval", "20ms"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    assert!(st.success(), "kill {sig}");
+}
+
+/// SIGTERM, then the exit code (panics if it takes longer than `secs`).
+pub fn stop(mut child: Child, secs: u64) -> i32 {
+    signal(&child, "-TERM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("watch did not exit within {secs}s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+pub fn kill9(mut child: Child) {
+    signal(&child, "-KILL");
+    let _ = child.wait();
+}
+
+fn workload_py() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/workload.py")
+}
+
+/// The Python application writer (see workload.py); waits for it.
+pub fn workload(db: &Path, args: &[&str]) -> Output {
+    Command::new("python3").arg(workload_py()).arg("write").arg(db).args(args).output().unwrap()
+}
+
+pub fn spawn_workload(db: &Path, args: &[&str]) -> Child {
+    Command::new("python3")
+        .arg(workload_py())
+        .arg("write")
+        .arg(db)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Logical content of a database (schema and every row), as a hash.
+pub fn digest(db: &Path) -> String {
+    let out = Command::new("python3").arg(workload_py()).arg("digest").arg(db).output().unwrap();
+    assert!(out.status.success(), "digest {}: {}", db.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn integrity(db: &Path) -> String {
+    let out = Command::new("python3").arg(workload_py()).arg("integrity").arg(db).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `walrust restore NAME -o OUT`, asserting success, then checks integrity.
+pub fn restore_ok(backend: &Backend, name: &str, out: &Path, extra: &[&str]) {
+    let mut args = vec!["restore", name, "-o", out.to_str().unwrap()];
+    let b = backend.args();
+    args.extend(b.iter().map(String::as_str));
+    args.extend(extra);
+    let o = walrust(&args);
+    assert!(o.status.success(), "restore failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(integrity(out), "ok");
+}
+
+pub fn log_text(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
