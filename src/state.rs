@@ -1,12 +1,13 @@
 //! The local state file `DB-walrust` beside each database: what walrust last shipped and where that was in
 //! the WAL, so that a restart can prove continuity and resume the chain instead of taking a new snapshot.
 //!
-//! It is a cache, never the source of truth: a missing, unreadable or stale state only costs a new snapshot
-//! (a new generation); it can never make walrust ship wrong data, because resuming also requires the remote
-//! head to be exactly the object named here and the WAL to still hold the frames named here.
+//! It is a cache, never the source of truth: it can never make walrust ship wrong data, because resuming also
+//! requires the remote head to be exactly the object named here and the WAL to still hold the frames named here.
+//! A state that cannot be used while the bucket holds this name's backups is a fencing question, not a cache
+//! miss: watch refuses (exit 5) unless `--new-generation`, because another machine may own those backups.
 //!
-//! Writes are atomic (temp file + rename) but not fsynced: after a power loss a stale state is detected and
-//! costs a snapshot.
+//! Writes are atomic and durable (temp file, fsync, rename, fsync directory): the `pending` record is on disk
+//! before the upload it names starts, so a power loss can never leave a state older than the remote head.
 // nanoserde's derived JSON parser trips clippy::question_mark in its generated code.
 #![allow(clippy::question_mark)]
 
@@ -129,8 +130,14 @@ impl LocalState {
         let write = || -> io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(self.serialize_json().as_bytes())?;
+            f.sync_all()?;
             drop(f);
-            fs::rename(&tmp, path)
+            fs::rename(&tmp, path)?;
+            // The rename must be durable before the upload it announces (see `pending`).
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);

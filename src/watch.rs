@@ -93,6 +93,8 @@ pub struct Watcher {
     db_path: PathBuf,
     wal_path: PathBuf,
     state_path: PathBuf,
+    /// `walrust snapshot` asks a running watch for a snapshot by creating this file.
+    snapshot_request: PathBuf,
     _lock: File,
     pins: Pins,
     page_size: u32,
@@ -152,6 +154,7 @@ impl Watcher {
         }
         let db_path = db_path.to_path_buf();
         let state_path = state_path(&db_path);
+        let snapshot_request = snapshot_request_path(&db_path);
         let lock = lock_file(&db_path)?;
         let (pins, page_size) = Pins::open(&db_path)?;
         let wal_path = wal_path_of(&db_path);
@@ -162,6 +165,7 @@ impl Watcher {
             storage,
             db_path,
             wal_path,
+            snapshot_request,
             state_path,
             _lock: lock,
             pins,
@@ -458,6 +462,7 @@ impl Watcher {
             self.pins.advance()?;
             self.last_pin = Instant::now();
         }
+        self.serve_snapshot_request()?;
         self.maybe_snapshot()?;
         Ok(())
     }
@@ -638,6 +643,30 @@ impl Watcher {
         Ok(())
     }
 
+    /// A snapshot asked for by `walrust snapshot` (a stat per tick). The request file is removed only once the
+    /// snapshot is stored; until then every tick tries again.
+    fn serve_snapshot_request(&mut self) -> Result<()> {
+        if !self.snapshot_request.exists() {
+            return Ok(());
+        }
+        let before = self.last_snapshot_ms;
+        self.snapshot_now()?;
+        if self.last_snapshot_ms != before {
+            log::info(&format!("{}: snapshot taken on request at seq {}", self.opts.name, self.seq));
+            if let Err(e) = std::fs::remove_file(&self.snapshot_request) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(Error::io(format!("removing {}", self.snapshot_request.display()), e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When the last snapshot (or base snapshot) was taken, ms since the epoch.
+    pub fn last_snapshot_ms(&self) -> u64 {
+        self.last_snapshot_ms
+    }
+
     /// Interval snapshot: when due, something changed, and everything read is shipped.
     fn maybe_snapshot(&mut self) -> Result<()> {
         if !self.changed_since_snapshot
@@ -772,11 +801,37 @@ struct Overlay {
     db_size: u32,
 }
 
-/// One walrust per database on this machine: an exclusive lock on `DB-walrust.lock`.
-fn lock_file(db: &Path) -> Result<File> {
+/// `app.db` -> `app.db-walrust-snapshot`: created by `walrust snapshot`, removed by the watch that took it.
+pub fn snapshot_request_path(db: &Path) -> PathBuf {
+    let mut p = state_path(db).into_os_string();
+    p.push("-snapshot");
+    PathBuf::from(p)
+}
+
+fn lock_path(db: &Path) -> PathBuf {
     let mut p = state_path(db).into_os_string();
     p.push(".lock");
-    let p = PathBuf::from(p);
+    PathBuf::from(p)
+}
+
+/// Whether a walrust on this machine is watching `db` right now (holds its lock).
+pub fn is_watched(db: &Path) -> Result<bool> {
+    let p = lock_path(db);
+    let f = match File::open(&p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("opening {}", p.display()), e)),
+    };
+    match f.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(format!("locking {}", p.display()), e)),
+    }
+}
+
+/// One walrust per database on this machine: an exclusive lock on `DB-walrust.lock`.
+fn lock_file(db: &Path) -> Result<File> {
+    let p = lock_path(db);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -39,6 +39,7 @@ on_both_backends!(
     a_flipped_byte_in_any_object_fails_restore_naming_it,
     a_second_watch_on_the_same_name_is_refused,
     restart_with_the_wal_intact_takes_no_new_snapshot,
+    snapshot_command_alongside_a_running_watch_and_alone,
 );
 
 fn ok(out: &std::process::Output) -> String {
@@ -273,4 +274,43 @@ fn restart_with_the_wal_intact_takes_no_new_snapshot(dir: &Path, b: &Backend) {
     assert_eq!(gens.len(), 1, "one generation");
     assert!(after.len() > before.len());
     assert_restores_to(dir, b, &db, "resumed");
+}
+
+fn snapshot_command_alongside_a_running_watch_and_alone(dir: &Path, b: &Backend) {
+    let db = seed_db(dir);
+    let log = dir.join("watch.log");
+    let bargs = b.args();
+    let snapshot_args: Vec<&str> =
+        [&["snapshot", db.to_str().unwrap()][..], &bargs.iter().map(String::as_str).collect::<Vec<_>>()].concat();
+
+    let watch = spawn_watch(&db, b, &[], &log);
+    let writer = spawn_workload(&db, &["--txns", "400", "--seed", "40", "--pause-ms", "2"]);
+    std::thread::sleep(Duration::from_millis(400));
+    // While the application writes and watch ships: the running watch takes it, its chain goes on.
+    let out = ok(&walrust(&snapshot_args));
+    assert!(out.contains("taken by the running watch"), "{out}");
+    assert_eq!(snapshots(&b.keys("app")), 2, "base + requested snapshot");
+    ok(&writer.wait_with_output().unwrap());
+    assert_eq!(stop(watch, 30), 0, "{}", log_text(&log));
+    assert!(!watch_request_left(&db), "the request file is removed once served");
+
+    // No watch running (and the WAL as watch left it): the command resumes the chain itself.
+    let out = ok(&walrust(&snapshot_args));
+    assert!(out.contains("stored at seq"), "{out}");
+    let keys = b.keys("app");
+    assert_eq!(snapshots(&keys), 3, "{keys:?}");
+    let gens: std::collections::BTreeSet<&str> = keys.iter().map(|k| k.split('/').nth(1).unwrap()).collect();
+    assert_eq!(gens.len(), 1, "one generation: the chain was never broken");
+
+    let watch = spawn_watch(&db, b, &[], &log);
+    ok(&workload(&db, &["--txns", "50", "--seed", "42"]));
+    assert_eq!(stop(watch, 30), 0, "{}", log_text(&log));
+    assert_restores_to(dir, b, &db, "after-snapshots");
+    ok(&walrust(&[&["verify", "app"][..], &bargs.iter().map(String::as_str).collect::<Vec<_>>()].concat()));
+}
+
+fn watch_request_left(db: &Path) -> bool {
+    let mut p = db.as_os_str().to_os_string();
+    p.push("-walrust-snapshot");
+    Path::new(&p).exists()
 }

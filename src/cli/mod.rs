@@ -3,6 +3,7 @@
 
 mod list;
 mod restore;
+mod snapshot;
 mod verify;
 mod watch;
 
@@ -19,6 +20,7 @@ walrust: continuous replication of SQLite databases to S3-compatible storage
 Usage:
   walrust watch DB... -b s3://BUCKET[/PREFIX] [--endpoint URL] [options]
   walrust restore NAME -o OUT.db -b s3://BUCKET[/PREFIX] [--point-in-time RFC3339|SEQ] [--force]
+  walrust snapshot DB -b s3://BUCKET[/PREFIX]
   walrust verify NAME -b s3://BUCKET[/PREFIX] [--point-in-time T] [--json]
   walrust list [NAME] -b s3://BUCKET[/PREFIX] [--json]
 
@@ -45,6 +47,7 @@ pub fn run(args: Vec<OsString>) -> Result<i32> {
         "restore" => restore::run(parser),
         "verify" => verify::run(parser),
         "list" => list::run(parser),
+        "snapshot" => snapshot::run(parser),
         "help" => {
             println!("{USAGE}");
             Ok(0)
