@@ -128,7 +128,7 @@ impl S3Storage {
             bucket: bucket_handle,
             prefix: prefix.to_string(),
             credentials,
-            agent: build_agent(https)?,
+            agent: build_agent(https, std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()).as_deref())?,
             retry,
             endpoint,
             counts: Arc::new(Counters::default()),
@@ -437,7 +437,9 @@ fn sign<'a, A: S3Action<'a>>(mut action: A, headers: Vec<(&'static str, String)>
     Signed { method, url: action.sign(SIGN_EXPIRY).to_string(), headers }
 }
 
-fn build_agent(https: bool) -> Result<ureq::Agent> {
+/// The shared agent. For https endpoints the roots are webpki's, or only the certificates in `ca_bundle`
+/// (AWS_CA_BUNDLE) when given, like the AWS CLI.
+fn build_agent(https: bool, ca_bundle: Option<&std::ffi::OsStr>) -> Result<ureq::Agent> {
     let mut cfg = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(10)))
@@ -449,9 +451,9 @@ fn build_agent(https: bool) -> Result<ureq::Agent> {
         .max_idle_age(Duration::from_secs(30))
         .user_agent(concat!("walrust/", env!("CARGO_PKG_VERSION")));
     if https {
-        if let Some(path) = std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()) {
-            let shown = std::path::Path::new(&path).display().to_string();
-            let pem = std::fs::read(&path)
+        if let Some(path) = ca_bundle {
+            let shown = std::path::Path::new(path).display().to_string();
+            let pem = std::fs::read(path)
                 .map_err(|e| StorageError::Config(format!("cannot read AWS_CA_BUNDLE {shown}: {e}")))?;
             let mut certs = Vec::new();
             for item in ureq::tls::parse_pem(&pem) {
@@ -597,6 +599,27 @@ mod tests {
         assert!(e.is_transient());
         let e = status_error(400, &xml("InvalidArgument"), "b", "k");
         assert!(!e.is_transient() && e.to_string().contains("InvalidArgument"));
+    }
+
+    #[test]
+    fn ca_bundle_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("walrust-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let e = build_agent(true, Some(missing.as_os_str())).unwrap_err();
+        assert!(e.to_string().contains("cannot read AWS_CA_BUNDLE"), "{e}");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = build_agent(true, Some(empty.as_os_str())).unwrap_err();
+        assert!(e.to_string().contains("holds no certificate"), "{e}");
+        // The system bundle parses; plain http ignores the variable.
+        for system in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
+            if std::path::Path::new(system).exists() {
+                build_agent(true, Some(std::ffi::OsStr::new(system))).unwrap();
+            }
+        }
+        build_agent(false, Some(missing.as_os_str())).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
