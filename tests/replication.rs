@@ -314,3 +314,36 @@ fn watch_request_left(db: &Path) -> bool {
     p.push("-walrust-snapshot");
     Path::new(&p).exists()
 }
+
+/// FIELD-NOTES 4: a storage error while reading the remote head is never "no backup yet".
+#[test]
+fn unreachable_storage_at_start_is_an_error_not_a_new_lineage() {
+    let Some(b) = Backend::s3() else { return };
+    let dir = temp_dir("unreachable");
+    let db = seed_db(&dir);
+    let log = dir.join("watch.log");
+    let w = spawn_watch(&db, &b, &[], &log);
+    ok(&workload(&db, &["--txns", "20", "--seed", "60"]));
+    assert_eq!(stop(w, 30), 0, "{}", log_text(&log));
+    let before = b.keys("app");
+
+    // The same bucket through an endpoint that does not answer.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = Backend { url: b.url.clone(), endpoint: Some(format!("http://127.0.0.1:{port}")) };
+    let mut args = vec!["watch".to_string(), db.to_str().unwrap().to_string()];
+    args.extend(down.args());
+    let o = walrust(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("storage unreachable"), "{err}");
+    assert_eq!(b.keys("app"), before, "nothing written, no new generation");
+
+    // Back up: the chain resumes.
+    let w = spawn_watch(&db, &b, &[], &log);
+    ok(&workload(&db, &["--txns", "20", "--seed", "61"]));
+    assert_eq!(stop(w, 30), 0, "{}", log_text(&log));
+    let after = b.keys("app");
+    assert_eq!(snapshots(&after), 1, "resumed: {after:?}");
+    assert_restores_to(&dir, &b, &db, "after-outage");
+    let _ = std::fs::remove_dir_all(&dir);
+}
