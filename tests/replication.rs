@@ -40,6 +40,7 @@ on_both_backends!(
     a_second_watch_on_the_same_name_is_refused,
     restart_with_the_wal_intact_takes_no_new_snapshot,
     snapshot_command_alongside_a_running_watch_and_alone,
+    restore_if_missing_then_watch_continues_the_chain,
 );
 
 fn ok(out: &std::process::Output) -> String {
@@ -346,4 +347,62 @@ fn unreachable_storage_at_start_is_an_error_not_a_new_lineage() {
     assert_eq!(snapshots(&after), 1, "resumed: {after:?}");
     assert_restores_to(&dir, &b, &db, "after-outage");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn restore_if_missing_then_watch_continues_the_chain(dir: &Path, b: &Backend) {
+    let db = seed_db(dir);
+    let log = dir.join("watch.log");
+    let w = spawn_watch(&db, b, &[], &log);
+    ok(&workload(&db, &["--txns", "100", "--seed", "70"]));
+    assert_eq!(stop(w, 30), 0, "{}", log_text(&log));
+    let source = digest(&db);
+
+    // A new machine: the database is not there yet.
+    let node = dir.join("node2");
+    std::fs::create_dir_all(&node).unwrap();
+    let db2 = node.join("app.db");
+    let bargs = b.args();
+    let bargs: Vec<&str> = bargs.iter().map(String::as_str).collect();
+
+    // restore --if-not-exists --json: restores once, then is a no-op.
+    let out = ok(&walrust(
+        &[&["restore", "app", "-o", db2.to_str().unwrap(), "--if-not-exists", "--json"][..], &bargs].concat(),
+    ));
+    assert!(out.contains("\"restored\":true") && out.contains("\"seq\":"), "{out}");
+    assert_eq!(digest(&db2), source);
+    let out = ok(&walrust(
+        &[&["restore", "app", "-o", db2.to_str().unwrap(), "--if-not-exists", "--json"][..], &bargs].concat(),
+    ));
+    assert!(out.contains("\"restored\":false"), "{out}");
+    let out =
+        ok(&walrust(&[&["restore", "app", "-o", "/nonexistent-dir/x.db", "--dry-run", "--json"][..], &bargs].concat()));
+    assert!(out.contains("\"objects\":[{\"key\":"), "{out}");
+    std::fs::remove_file(&db2).unwrap();
+    for suffix in ["-walrust", "-wal", "-shm"] {
+        let mut p = db2.as_os_str().to_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+
+    // watch --restore-if-missing: restores, then ships the new machine's writes on the same chain.
+    let w = spawn_watch(&db2, b, &["--restore-if-missing"], &log);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !db2.exists() || log_text(&log).matches("restored 'app'").count() == 0 {
+        assert!(Instant::now() < deadline, "restore before watching: {}", log_text(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&workload(&db2, &["--txns", "100", "--seed", "71"]));
+    assert_eq!(stop(w, 30), 0, "{}", log_text(&log));
+    let keys = b.keys("app");
+    assert_eq!(snapshots(&keys), 1, "the chain continued, no new snapshot: {keys:?}");
+    assert_restores_to(dir, b, &db2, "continued");
+
+    // Nothing to restore from: a clear not-found.
+    let empty = dir.join("node3/app.db");
+    std::fs::create_dir_all(empty.parent().unwrap()).unwrap();
+    let o = walrust(
+        &[&["watch", empty.to_str().unwrap(), "--restore-if-missing", "--name", "nobody"][..], &bargs].concat(),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
 }

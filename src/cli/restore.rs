@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::cli::{string, usage, value_string, StorageArgs};
 use crate::error::{Error, Result};
-use crate::log;
+use crate::log::{self, json_string};
 use crate::restore::{self, RestoreOptions, Target};
 
 const USAGE: &str = "\
@@ -21,11 +21,14 @@ Options:
       --endpoint URL         S3 endpoint (also AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)
       --point-in-time T      RFC 3339 instant (2026-03-01T12:00:00Z) or a seq number
       --force                replace OUT.db if it exists
+      --if-not-exists        do nothing (exit 0) when OUT.db already exists (init containers, boot scripts)
       --dry-run              print the plan (objects, bytes) without downloading
+      --json                 print the plan or the result as one JSON object on stdout
 
 Examples:
   walrust restore app -o /tmp/app.db -b s3://backups/prod
-  walrust restore app -o app.db -b file:///var/backups --point-in-time 2026-03-01T12:03:00Z";
+  walrust restore app -o app.db -b file:///var/backups --point-in-time 2026-03-01T12:03:00Z
+  walrust restore app -o /data/app.db -b s3://backups/prod --if-not-exists";
 
 pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     let mut storage = StorageArgs::default();
@@ -33,6 +36,8 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     let mut output: Option<PathBuf> = None;
     let mut force = false;
     let mut dry_run = false;
+    let mut if_not_exists = false;
+    let mut json = false;
     let mut target = Target::Latest;
     while let Some(arg) = parser.next().map_err(usage)? {
         match arg {
@@ -43,6 +48,8 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
             }
             lexopt::Arg::Long("force") => force = true,
             lexopt::Arg::Long("dry-run") => dry_run = true,
+            lexopt::Arg::Long("if-not-exists") => if_not_exists = true,
+            lexopt::Arg::Long("json") => json = true,
             lexopt::Arg::Long("point-in-time") => target = parse_target(&value_string(&mut parser)?)?,
             lexopt::Arg::Short('h') | lexopt::Arg::Long("help") => {
                 println!("{USAGE}");
@@ -54,9 +61,41 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     }
     let name = name.ok_or_else(|| Error::Usage("missing NAME (see walrust restore --help)".into()))?;
     let output = output.ok_or_else(|| Error::Usage("missing -o OUT.db".into()))?;
+    if if_not_exists && force {
+        return Err(Error::Usage("--if-not-exists and --force contradict each other".into()));
+    }
+    if if_not_exists && output.exists() {
+        if json {
+            println!(
+                "{{\"name\":{},\"output\":{},\"restored\":false}}",
+                json_string(&name),
+                json_string(&output.display().to_string())
+            );
+        } else {
+            log::info(&format!("{} exists; nothing restored (--if-not-exists)", output.display()));
+        }
+        return Ok(0);
+    }
     let storage = storage.open()?;
     if dry_run {
         let plan = restore::plan(storage.as_ref(), &name, target)?;
+        if json {
+            let objects: Vec<String> = plan
+                .objects
+                .iter()
+                .map(|e| format!("{{\"key\":{},\"bytes\":{}}}", json_string(&e.key_str), e.size))
+                .collect();
+            println!(
+                "{{\"name\":{},\"generation\":\"{:016x}\",\"seq\":{},\"committed\":{},\"bytes\":{},\"objects\":[{}]}}",
+                json_string(&name),
+                plan.generation,
+                plan.seq,
+                json_string(&restore::fmt_ms(plan.commit_ms)),
+                plan.bytes(),
+                objects.join(",")
+            );
+            return Ok(0);
+        }
         println!(
             "restore '{}' to seq {} (committed {}) from generation {:016x}: {} objects, {} bytes",
             name,
@@ -73,6 +112,21 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     }
     let opts = RestoreOptions { output: output.clone(), force, target, write_state: target == Target::Latest };
     let report = restore::restore(storage.as_ref(), &name, &opts)?;
+    if json {
+        println!(
+            "{{\"name\":{},\"output\":{},\"restored\":true,\"generation\":\"{:016x}\",\"seq\":{},\"committed\":{},\"objects\":{},\"bytes\":{},\"pages\":{},\"page_size\":{}}}",
+            json_string(&name),
+            json_string(&output.display().to_string()),
+            report.plan.generation,
+            report.plan.seq,
+            json_string(&restore::fmt_ms(report.plan.commit_ms)),
+            report.plan.objects.len(),
+            report.plan.bytes(),
+            report.db_pages,
+            report.page_size
+        );
+        return Ok(0);
+    }
     log::info(&format!(
         "restored '{}' seq {} (committed {}) into {}: {} objects, {} pages, integrity_check ok",
         name,

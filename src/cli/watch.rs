@@ -8,6 +8,7 @@ use crate::cli::{parse_duration, usage, value_string, StorageArgs};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::log;
+use crate::restore::{self, RestoreOptions, Target};
 use crate::watch::{self, WatchOptions, Watcher};
 
 const USAGE: &str = "\
@@ -26,6 +27,8 @@ Options:
       --snapshot-interval D    snapshot when D has passed and something changed (default 1h)
       --new-generation         start a new generation even if the bucket holds backups this database
                                has no record of writing (taking over a name)
+      --restore-if-missing     restore a database that does not exist from its latest backup first, then
+                               continue its chain (new machines, init containers)
       --log-format text|json   log line format (default text)
   -v, --verbose                debug logging
 
@@ -38,6 +41,7 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     let mut dbs: Vec<PathBuf> = Vec::new();
     let mut name: Option<String> = None;
     let mut base = WatchOptions::new("");
+    let mut restore_if_missing = false;
     while let Some(arg) = parser.next().map_err(usage)? {
         match arg {
             lexopt::Arg::Short('b') | lexopt::Arg::Long("bucket") => storage.bucket = Some(value_string(&mut parser)?),
@@ -53,6 +57,7 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
                 base.snapshot_interval = parse_duration("--snapshot-interval", &value_string(&mut parser)?)?
             }
             lexopt::Arg::Long("new-generation") => base.new_generation = true,
+            lexopt::Arg::Long("restore-if-missing") => restore_if_missing = true,
             lexopt::Arg::Long("log-format") => match value_string(&mut parser)?.as_str() {
                 "json" => log::set_json(true),
                 "text" => log::set_json(false),
@@ -85,6 +90,27 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
             return Err(Error::Usage(format!("invalid name '{n}' (letters, digits, '.', '_', '-')")));
         }
         jobs.push((db.clone(), WatchOptions { name: n, ..base.clone() }));
+    }
+    if restore_if_missing {
+        for (db, opts) in &jobs {
+            if db.exists() {
+                continue;
+            }
+            let ropts = RestoreOptions { output: db.clone(), force: false, target: Target::Latest, write_state: true };
+            let report = restore::restore(storage.as_ref(), &opts.name, &ropts).map_err(|e| match e {
+                Error::NotFound(m) => Error::NotFound(format!(
+                    "{} does not exist and there is nothing to restore it from: {m}",
+                    db.display()
+                )),
+                e => e.context(db.display()),
+            })?;
+            log::info(&format!(
+                "{}: restored '{}' at seq {} before watching",
+                db.display(),
+                opts.name,
+                report.plan.seq
+            ));
+        }
     }
     let stop = watch::install_signal_handlers()?;
     // Start every database first: a database that cannot start is an error before anything runs.
