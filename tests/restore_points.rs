@@ -231,6 +231,7 @@ fn planning_over_10000_objects_is_lists_only() {
             session_token: None,
             source: "test".into(),
         }),
+        provider: None,
         region: env.region.clone(),
     };
     let s3 = walrust::storage::s3::S3Storage::with_settings(

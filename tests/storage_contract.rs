@@ -80,6 +80,7 @@ fn s3_with(prefix: &str, secret: Option<&str>, endpoint: Option<&str>, retry: Re
             session_token: None,
             source: "test".into(),
         }),
+        provider: None,
         region: env.region.clone(),
     };
     Some(
@@ -284,6 +285,7 @@ fn s3_missing_bucket_is_named() {
             session_token: None,
             source: "test".into(),
         }),
+        provider: None,
         region: env.region.clone(),
     };
     let s =

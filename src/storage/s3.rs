@@ -13,7 +13,7 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusty_s3::actions::{
@@ -21,7 +21,7 @@ use rusty_s3::actions::{
 };
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
-use super::credentials::{self, AwsSettings};
+use super::credentials::{self, AwsCredentials, AwsSettings, Provider};
 use super::retry::RetryPolicy;
 use super::{
     ListPage, ObjectInfo, ObjectReader, OpenOptions, PutOutcome, RequestCounts, Result, Storage, StorageError,
@@ -34,10 +34,32 @@ const SIGN_EXPIRY: Duration = Duration::from_secs(3600);
 const ERROR_BODY_MAX: u64 = 64 * 1024;
 const LIST_BODY_MAX: u64 = 16 * 1024 * 1024;
 
+/// Refresh temporary credentials this long before they expire.
+const REFRESH_MARGIN_MS: u64 = 5 * 60 * 1000;
+
+/// How requests are signed.
+enum CredentialSource {
+    /// No credentials found: requests go unsigned (public buckets).
+    Anonymous,
+    Static(Arc<Credentials>),
+    /// Temporary credentials from a provider, with their expiry (ms since the epoch).
+    Refreshing {
+        provider: Provider,
+        current: Mutex<Option<(Arc<Credentials>, Option<u64>)>>,
+    },
+}
+
+fn to_signing(c: AwsCredentials) -> Credentials {
+    match c.session_token {
+        Some(t) => Credentials::new_with_token(c.access_key_id, c.secret_access_key.expose(), t.expose()),
+        None => Credentials::new(c.access_key_id, c.secret_access_key.expose()),
+    }
+}
+
 pub struct S3Storage {
     bucket: Bucket,
     prefix: String,
-    credentials: Option<Credentials>,
+    credentials: CredentialSource,
     agent: ureq::Agent,
     retry: RetryPolicy,
     endpoint: String,
@@ -120,10 +142,11 @@ impl S3Storage {
         let url = endpoint.parse().map_err(|e| StorageError::Config(format!("invalid endpoint '{endpoint}': {e}")))?;
         let bucket_handle = Bucket::new(url, style, bucket.to_string(), settings.region.clone())
             .map_err(|e| StorageError::Config(format!("invalid bucket '{bucket}' for endpoint {endpoint}: {e}")))?;
-        let credentials = settings.credentials.map(|c| match c.session_token {
-            Some(t) => Credentials::new_with_token(c.access_key_id, c.secret_access_key.expose(), t.expose()),
-            None => Credentials::new(c.access_key_id, c.secret_access_key.expose()),
-        });
+        let credentials = match (settings.credentials, settings.provider) {
+            (Some(c), _) => CredentialSource::Static(Arc::new(to_signing(c))),
+            (None, Some(provider)) => CredentialSource::Refreshing { provider, current: Mutex::new(None) },
+            (None, None) => CredentialSource::Anonymous,
+        };
         Ok(S3Storage {
             bucket: bucket_handle,
             prefix: prefix.to_string(),
@@ -139,8 +162,25 @@ impl S3Storage {
         format!("{}{key}", self.prefix)
     }
 
-    fn creds(&self) -> Option<&Credentials> {
-        self.credentials.as_ref()
+    /// The credentials to sign with now; temporary ones are refreshed five minutes before they expire.
+    fn creds(&self) -> Result<Option<Arc<Credentials>>> {
+        match &self.credentials {
+            CredentialSource::Anonymous => Ok(None),
+            CredentialSource::Static(c) => Ok(Some(Arc::clone(c))),
+            CredentialSource::Refreshing { provider, current } => {
+                let mut cur = current.lock().unwrap_or_else(|p| p.into_inner());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let fresh = matches!(&*cur, Some((_, exp)) if exp.is_none_or(|e| e > now + REFRESH_MARGIN_MS));
+                if !fresh {
+                    let t = provider.fetch()?;
+                    *cur = Some((Arc::new(to_signing(t.credentials)), t.expires_ms));
+                }
+                Ok(cur.as_ref().map(|(c, _)| Arc::clone(c)))
+            }
+        }
     }
 
     fn count(&self, kind: Kind) {
@@ -193,7 +233,8 @@ impl S3Storage {
     fn put_single(&self, key: &str, data: &[u8], if_absent: bool) -> Result<PutOutcome> {
         let full = self.full_key(key);
         self.retry.run(|| {
-            let a = sign(self.bucket.put_object(self.creds(), &full), if_none_match(if_absent));
+            let c = self.creds()?;
+            let a = sign(self.bucket.put_object(c.as_deref(), &full), if_none_match(if_absent));
             let resp = self.send(Kind::Put, a, Body::Bytes(data), key, &[412])?;
             Ok(if resp.status().as_u16() == 412 { PutOutcome::AlreadyExists } else { PutOutcome::Created })
         })
@@ -211,7 +252,8 @@ impl S3Storage {
     fn put_multipart(&self, key: &str, body: &mut dyn Read, mut buf: Vec<u8>, if_absent: bool) -> Result<PutOutcome> {
         let full = self.full_key(key);
         let upload_id = self.retry.run(|| {
-            let a = sign(self.bucket.create_multipart_upload(self.creds(), &full), Vec::new());
+            let c = self.creds()?;
+            let a = sign(self.bucket.create_multipart_upload(c.as_deref(), &full), Vec::new());
             let mut resp = self.send(Kind::Other, a, Body::Empty, key, &[])?;
             let text = read_small(&mut resp, key, LIST_BODY_MAX)?;
             let parsed = CreateMultipartUpload::parse_response(&text).map_err(|e| bad_xml(key, e))?;
@@ -221,7 +263,8 @@ impl S3Storage {
         if !matches!(result, Ok(PutOutcome::Created)) {
             // Best effort: an upload left behind costs storage until the bucket's lifecycle rule removes it.
             let _ = self.retry.run(|| {
-                let a = sign(self.bucket.abort_multipart_upload(self.creds(), &full, &upload_id), Vec::new());
+                let c = self.creds()?;
+                let a = sign(self.bucket.abort_multipart_upload(c.as_deref(), &full, &upload_id), Vec::new());
                 self.send(Kind::Delete, a, Body::Empty, key, &[404]).map(|_| ())
             });
         }
@@ -246,7 +289,8 @@ impl S3Storage {
                 .ok_or_else(|| StorageError::Config(format!("{key}: object too large for a multipart upload")))?;
             let data = &buf[..len];
             let etag = self.retry.run(|| {
-                let a = sign(self.bucket.upload_part(self.creds(), full, part_number, upload_id), Vec::new());
+                let c = self.creds()?;
+                let a = sign(self.bucket.upload_part(c.as_deref(), full, part_number, upload_id), Vec::new());
                 let resp = self.send(Kind::Put, a, Body::Bytes(data), key, &[])?;
                 resp.headers()
                     .get("etag")
@@ -266,14 +310,15 @@ impl S3Storage {
         buf.clear();
         buf.shrink_to_fit();
         self.retry.run(|| {
+            let c = self.creds()?;
             let parts = || etags.iter().map(String::as_str);
             let xml = CompleteMultipartUpload::body(self.bucket.complete_multipart_upload(
-                self.creds(),
+                c.as_deref(),
                 full,
                 upload_id,
                 parts(),
             ));
-            let a = self.bucket.complete_multipart_upload(self.creds(), full, upload_id, parts());
+            let a = self.bucket.complete_multipart_upload(c.as_deref(), full, upload_id, parts());
             let mut resp =
                 self.send(Kind::Other, sign(a, if_none_match(if_absent)), Body::Bytes(xml.as_bytes()), key, &[412])?;
             if resp.status().as_u16() == 412 {
@@ -303,11 +348,12 @@ impl S3Storage {
     fn get_with_range(&self, key: &str, range: Option<(u64, u64)>) -> Result<ObjectReader> {
         let full = self.full_key(key);
         let resp = self.retry.run(|| {
+            let c = self.creds()?;
             let headers = match range {
                 Some((offset, len)) => vec![("range", format!("bytes={}-{}", offset, offset + len.max(1) - 1))],
                 None => Vec::new(),
             };
-            self.send(Kind::Get, sign(self.bucket.get_object(self.creds(), &full), headers), Body::Empty, key, &[])
+            self.send(Kind::Get, sign(self.bucket.get_object(c.as_deref(), &full), headers), Body::Empty, key, &[])
         })?;
         let status = resp.status().as_u16();
         let mut reader: ObjectReader = Box::new(resp.into_body().into_with_config().limit(u64::MAX).reader());
@@ -349,7 +395,8 @@ impl Storage for S3Storage {
         let full_prefix = self.full_key(prefix);
         let full_start = start_after.map(|s| self.full_key(s));
         let parsed = self.retry.run(|| {
-            let mut a = self.bucket.list_objects_v2(self.creds());
+            let c = self.creds()?;
+            let mut a = self.bucket.list_objects_v2(c.as_deref());
             a.with_prefix(full_prefix.as_str());
             a.with_max_keys(super::LIST_PAGE_KEYS_MAX);
             if let Some(s) = &full_start {
@@ -389,11 +436,12 @@ impl Storage for S3Storage {
             let ids: Vec<ObjectIdentifier> = batch.iter().map(|k| ObjectIdentifier::new(self.full_key(k))).collect();
             let first = batch.first().map(String::as_str).unwrap_or("");
             let parsed = self.retry.run(|| {
+                let c = self.creds()?;
                 // Quiet mode: the answer lists only the keys that failed.
-                let mut body = self.bucket.delete_objects(self.creds(), ids.iter());
+                let mut body = self.bucket.delete_objects(c.as_deref(), ids.iter());
                 body.set_quiet(true);
                 let (xml, md5) = body.body_with_md5();
-                let a = sign(self.bucket.delete_objects(self.creds(), ids.iter()), vec![("content-md5", md5)]);
+                let a = sign(self.bucket.delete_objects(c.as_deref(), ids.iter()), vec![("content-md5", md5)]);
                 let mut resp = self.send(Kind::Delete, a, Body::Bytes(xml.as_bytes()), first, &[])?;
                 let text = read_small(&mut resp, first, LIST_BODY_MAX)?;
                 DeleteObjectsResponse::parse(&text).map_err(|e| bad_xml(first, e))
@@ -620,6 +668,29 @@ mod tests {
         }
         build_agent(false, Some(missing.as_os_str())).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temporary_credentials_are_refreshed_before_they_expire() {
+        use crate::storage::credentials::tests::{fake, in_ms};
+        let body = |ms: i64| {
+            format!(
+                "{{\"AccessKeyId\":\"ASIA\",\"SecretAccessKey\":\"s\",\"Token\":\"t\",\"Expiration\":\"{}\"}}",
+                in_ms(ms)
+            )
+        };
+        for (expires_in_ms, fetches) in [(3_600_000i64, 1usize), (60_000, 3)] {
+            let f = fake(vec![("/creds", 200, body(expires_in_ms))]);
+            let provider =
+                Provider::Container { url: format!("{}/creds", f.url), authorization: None, authorization_file: None };
+            let settings = AwsSettings { credentials: None, provider: Some(provider), region: "us-east-1".into() };
+            let s =
+                S3Storage::with_settings("b", "", Some("http://127.0.0.1:9"), settings, RetryPolicy::none()).unwrap();
+            for _ in 0..3 {
+                assert!(s.creds().unwrap().is_some());
+            }
+            assert_eq!(f.seen.lock().unwrap().len(), fetches, "expiring in {expires_in_ms} ms");
+        }
     }
 
     #[test]
