@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the data flow and FORMAT.md for the on-storage format.
 
 pub mod cli;
+pub mod compact;
 pub mod error;
 pub mod hadbp;
 pub mod keys;

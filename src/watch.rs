@@ -129,7 +129,8 @@ struct Inflight {
     commit_ms: u64,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock time, ms since the epoch (commit times, snapshot ages).
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -767,6 +768,11 @@ impl Watcher {
 
     pub fn db_path(&self) -> &Path {
         &self.db_path
+    }
+
+    /// The database's name in the bucket.
+    pub fn name(&self) -> &str {
+        &self.opts.name
     }
 }
 

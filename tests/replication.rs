@@ -41,6 +41,7 @@ on_both_backends!(
     restart_with_the_wal_intact_takes_no_new_snapshot,
     snapshot_command_alongside_a_running_watch_and_alone,
     restore_if_missing_then_watch_continues_the_chain,
+    watch_compacts_on_an_interval_while_it_ships,
 );
 
 fn ok(out: &std::process::Output) -> String {
@@ -405,4 +406,39 @@ fn restore_if_missing_then_watch_continues_the_chain(dir: &Path, b: &Backend) {
         &[&["watch", empty.to_str().unwrap(), "--restore-if-missing", "--name", "nobody"][..], &bargs].concat(),
     );
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn watch_compacts_on_an_interval_while_it_ships(dir: &Path, b: &Backend) {
+    let db = seed_db(dir);
+    let log = dir.join("watch.log");
+    // Keep only the newest point; snapshot often so that older changesets become deletable.
+    let extra = [
+        "--compact-interval",
+        "400ms",
+        "--snapshot-interval",
+        "300ms",
+        "--keep-hourly",
+        "0",
+        "--keep-daily",
+        "0",
+        "--keep-weekly",
+        "0",
+        "--keep-monthly",
+        "0",
+    ];
+    let w = spawn_watch(&db, b, &extra, &log);
+    ok(&workload(&db, &["--txns", "300", "--seed", "80", "--pause-ms", "8"]));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(stop(w, 30), 0, "{}", log_text(&log));
+    let text = log_text(&log);
+    assert!(text.contains("compacted:"), "compaction ran: {text}");
+    let keys = b.keys("app");
+    let decisions = keys.iter().filter(|k| k.contains("/compact-")).count();
+    assert!(decisions <= 1, "only the latest decision object stays: {keys:?}");
+    let changesets = keys.iter().filter(|k| k.contains("-c-")).count();
+    eprintln!("after compaction: {} objects, {changesets} changesets", keys.len());
+    assert!(changesets < 20, "old changesets were deleted: {keys:?}");
+    assert_restores_to(dir, b, &db, "compacted");
+    let bargs = b.args();
+    ok(&walrust(&[&["verify", "app"][..], &bargs.iter().map(String::as_str).collect::<Vec<_>>()].concat()));
 }

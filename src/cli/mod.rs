@@ -1,6 +1,7 @@
 //! Command-line interface: one file per command. Each parses its flags with a plain lexopt loop (no I/O),
 //! then resolves them into settings and calls the library.
 
+mod compact;
 mod list;
 mod restore;
 mod snapshot;
@@ -23,6 +24,7 @@ Usage:
   walrust snapshot DB -b s3://BUCKET[/PREFIX]
   walrust verify NAME -b s3://BUCKET[/PREFIX] [--point-in-time T] [--json]
   walrust list [NAME] -b s3://BUCKET[/PREFIX] [--json]
+  walrust compact NAME -b s3://BUCKET[/PREFIX] [--hourly N --daily N --weekly N --monthly N] [--dry-run] [--json]
 
 Storage (-b) is s3://BUCKET[/PREFIX] or file:///ABS/DIR. Run `walrust COMMAND --help` for a command's options.
 Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 corrupt, 5 fenced (another writer), 6 output exists.";
@@ -48,6 +50,7 @@ pub fn run(args: Vec<OsString>) -> Result<i32> {
         "verify" => verify::run(parser),
         "list" => list::run(parser),
         "snapshot" => snapshot::run(parser),
+        "compact" => compact::run(parser),
         "help" => {
             println!("{USAGE}");
             Ok(0)

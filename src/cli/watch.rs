@@ -29,6 +29,9 @@ Options:
                                has no record of writing (taking over a name)
       --restore-if-missing     restore a database that does not exist from its latest backup first, then
                                continue its chain (new machines, init containers)
+      --compact-interval D     run `walrust compact` (GFS retention) for each database every D (default off)
+      --keep-hourly N, --keep-daily N, --keep-weekly N, --keep-monthly N
+                               the retention policy for --compact-interval (default 24, 7, 12, 12)
       --log-format text|json   log line format (default text)
   -v, --verbose                debug logging
 
@@ -42,6 +45,8 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     let mut name: Option<String> = None;
     let mut base = WatchOptions::new("");
     let mut restore_if_missing = false;
+    let mut compact_interval: Option<std::time::Duration> = None;
+    let mut policy = crate::compact::Policy::default();
     while let Some(arg) = parser.next().map_err(usage)? {
         match arg {
             lexopt::Arg::Short('b') | lexopt::Arg::Long("bucket") => storage.bucket = Some(value_string(&mut parser)?),
@@ -58,6 +63,13 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
             }
             lexopt::Arg::Long("new-generation") => base.new_generation = true,
             lexopt::Arg::Long("restore-if-missing") => restore_if_missing = true,
+            lexopt::Arg::Long("compact-interval") => {
+                compact_interval = Some(parse_duration("--compact-interval", &value_string(&mut parser)?)?)
+            }
+            lexopt::Arg::Long("keep-hourly") => policy.hourly = count("--keep-hourly", &value_string(&mut parser)?)?,
+            lexopt::Arg::Long("keep-daily") => policy.daily = count("--keep-daily", &value_string(&mut parser)?)?,
+            lexopt::Arg::Long("keep-weekly") => policy.weekly = count("--keep-weekly", &value_string(&mut parser)?)?,
+            lexopt::Arg::Long("keep-monthly") => policy.monthly = count("--keep-monthly", &value_string(&mut parser)?)?,
             lexopt::Arg::Long("log-format") => match value_string(&mut parser)?.as_str() {
                 "json" => log::set_json(true),
                 "text" => log::set_json(false),
@@ -121,7 +133,37 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     }
     log::info(&format!("watching {} database(s) into {}", watchers.len(), storage.describe()));
     let failed = Arc::new(AtomicBool::new(false));
+    let names: Vec<String> = watchers.iter().map(|w| w.name().to_string()).collect();
     let results: Vec<Result<()>> = std::thread::scope(|s| {
+        if let Some(every) = compact_interval {
+            let (stop, storage, names) = (Arc::clone(&stop), Arc::clone(&storage), names.clone());
+            let spawned = std::thread::Builder::new()
+                .name("walrust-compact".into())
+                .stack_size(256 * 1024)
+                .spawn_scoped(s, move || {
+                    // Off the replication path: a slow or failing compaction never delays shipping.
+                    while !stop.load(Ordering::Relaxed) {
+                        watch::sleep_until(&stop, every);
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        for name in &names {
+                            match crate::compact::compact(storage.as_ref(), name, watch::now_ms(), &policy, false) {
+                                Ok(plan) if !plan.delete.is_empty() => log::info(&format!(
+                                    "{name}: compacted: {} objects deleted, {} kept",
+                                    plan.delete.len(),
+                                    plan.kept_objects
+                                )),
+                                Ok(_) => {}
+                                Err(e) => log::warn(&format!("{name}: compaction failed (will retry): {e}")),
+                            }
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn(&format!("cannot start the compaction thread: {e}"));
+            }
+        }
         let handles: Vec<_> = watchers
             .into_iter()
             .map(|mut w| {
@@ -161,4 +203,8 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn count(flag: &str, v: &str) -> Result<u32> {
+    v.parse().map_err(|_| Error::Usage(format!("{flag}: expected a count, not '{v}'")))
 }
