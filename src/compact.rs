@@ -29,6 +29,15 @@
 //! (e.g. one being started right now) are never touched. Everything else is deleted; a generation with no kept
 //! point is deleted entirely. Objects written after the plan's LISTs are not in the plan, so never deleted.
 //!
+//! # Merging long chains
+//!
+//! Before deleting, every kept point beyond the window whose restore would apply more than
+//! [`MERGE_MIN_CHANGESETS`] changesets gets a mid-generation snapshot of its own ([`materialize`]: restored into a
+//! temp file with every object verified and integrity_check, then uploaded with `prev_checksum` = the chain
+//! value after the point, exactly like a snapshot `watch` takes). The plan is then made again, so the chain
+//! before the point can go: restoring an old kept point touches one object, however long the chain was.
+//! Inside the window every point must stay restorable, so there restores rely on watch's interval snapshots.
+//!
 //! # Safety
 //!
 //! The plan is computed with LISTs only. Before the first delete, the decision object
@@ -406,9 +415,105 @@ pub fn delete(storage: &dyn Storage, plan: &Plan, limit: Option<usize>) -> Resul
     Ok(n)
 }
 
-/// Plans, writes the decision object and deletes (unless `dry_run`). Returns the plan.
+/// A kept point beyond the window whose restore would apply more changesets than this gets a snapshot of its
+/// own (`materialize`), so that its restore touches one object and the chain before it can go.
+pub const MERGE_MIN_CHANGESETS: usize = 8;
+
+/// Kept points beyond the window whose restore applies more than [`MERGE_MIN_CHANGESETS`] changesets.
+fn long_chains(storage: &dyn Storage, name: &str, plan: &Plan) -> Result<Vec<KeptPoint>> {
+    let window_start = plan.now_ms.saturating_sub(plan.policy.hourly as u64 * HOUR_MS);
+    let mut out = Vec::new();
+    let mut by_gen: BTreeMap<u64, Vec<Entry>> = BTreeMap::new();
+    for p in plan.points.iter().filter(|p| p.commit_ms < window_start) {
+        let objs = match by_gen.entry(p.generation) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(remote::objects(storage, name, p.generation, None)?)
+            }
+        };
+        let start = objs
+            .iter()
+            .filter(|e| matches!(e.key.kind, Kind::Base | Kind::Snapshot) && e.key.seq <= p.seq)
+            .map(|e| e.key.seq)
+            .max();
+        if let Some(start) = start {
+            let chain =
+                objs.iter().filter(|e| e.key.kind == Kind::Changeset && e.key.seq > start && e.key.seq <= p.seq);
+            if chain.count() > MERGE_MIN_CHANGESETS {
+                out.push(p.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Stores a mid-generation snapshot of the state at kept point `p`: restores it into a temp file (every object
+/// verified, integrity_check), then uploads its pages with `prev_checksum` = the chain value after `p`, exactly
+/// like a snapshot `watch` takes. The chain is unchanged; restores of `p` and later points start there.
+pub fn materialize(storage: &dyn Storage, name: &str, p: &KeptPoint) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let objs = remote::objects(storage, name, p.generation, None)?;
+    let rplan = crate::restore::plan_in_generation(name, p.generation, &objs, p.seq, p.commit_ms)?;
+    let tmp = std::env::temp_dir().join(format!("walrust-compact-{}-{}-{}.db", std::process::id(), name, p.seq));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| crate::Error::io(format!("creating {}", tmp.display()), e))?;
+    let result = (|| -> Result<()> {
+        let applied = crate::restore::apply(storage, &rplan, &file, &tmp)?;
+        file.set_len(applied.db_pages as u64 * applied.page_size as u64)
+            .map_err(|e| crate::Error::io(tmp.display().to_string(), e))?;
+        crate::restore::integrity_check(&tmp)?;
+        let header = crate::hadbp::Header {
+            version: crate::hadbp::VERSION,
+            flags: crate::hadbp::FLAG_SNAPSHOT,
+            page_id_size: 4,
+            page_size: applied.page_size,
+            seq: p.seq,
+            prev_checksum: applied.chain,
+            page_count: applied.db_pages + 1,
+            created_ms: p.commit_ms,
+        };
+        let meta = crate::object::ObjectMeta {
+            generation: p.generation,
+            seq: p.seq,
+            commit_ms: p.commit_ms,
+            kind: Kind::Snapshot,
+        };
+        let page_size = applied.page_size as usize;
+        let db_pages = applied.db_pages;
+        let file = &file;
+        let mut records = move |emit: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>| -> std::io::Result<()> {
+            emit(crate::hadbp::META_PAGE_ID, &crate::hadbp::commit_record(db_pages))?;
+            let mut buf = vec![0u8; page_size];
+            for pgno in 1..=db_pages {
+                file.read_exact_at(&mut buf, (pgno as u64 - 1) * page_size as u64)?;
+                emit(pgno as u64, &buf)?;
+            }
+            Ok(())
+        };
+        crate::object::upload(storage, name, meta, &header, &mut records)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+/// Plans, writes the decision object and deletes (unless `dry_run`). Returns the plan. Before planning the
+/// deletions, kept points beyond the window with long chains get their own snapshot (not in a dry run).
 pub fn compact(storage: &dyn Storage, name: &str, now_ms: u64, policy: &Policy, dry_run: bool) -> Result<Plan> {
-    let plan = plan(storage, name, now_ms, policy)?;
+    let mut plan = plan(storage, name, now_ms, policy)?;
+    if !dry_run {
+        let long = long_chains(storage, name, &plan)?;
+        if !long.is_empty() {
+            for p in &long {
+                materialize(storage, name, p)?;
+            }
+            plan = self::plan(storage, name, now_ms, policy)?;
+        }
+    }
     if plan.points.is_empty() {
         return Err(crate::Error::NotFound(format!("no backups of '{name}' in {}", storage.describe())));
     }

@@ -92,7 +92,13 @@ pub fn fmt_ms(ms: u64) -> String {
 }
 
 /// Picks the newest snapshot at or before `seq` and the changesets after it, checking for gaps and forks.
-fn plan_in_generation(name: &str, generation: u64, objs: &[Entry], seq: u64, commit_ms: u64) -> Result<Plan> {
+pub(crate) fn plan_in_generation(
+    name: &str,
+    generation: u64,
+    objs: &[Entry],
+    seq: u64,
+    commit_ms: u64,
+) -> Result<Plan> {
     let start = objs
         .iter()
         .filter(|e| matches!(e.key.kind, Kind::Base | Kind::Snapshot) && e.key.seq <= seq)

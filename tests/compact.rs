@@ -39,7 +39,12 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(compaction_keeps_promised_points_restorable, interrupted_compaction_stays_verifiable, cli_compact);
+on_both_backends!(
+    compaction_keeps_promised_points_restorable,
+    interrupted_compaction_stays_verifiable,
+    cli_compact,
+    long_chains_get_a_snapshot_so_old_points_restore_from_one_object,
+);
 
 const MIN: u64 = 60_000;
 const HOUR: u64 = 60 * MIN;
@@ -447,4 +452,40 @@ fn cli_compact(dir: &Path, b: &Backend) {
     let listed = run(l);
     assert!(listed.contains("app"), "{listed}");
     assert_eq!(&restore_rows(&s, &dir.join("cli.db"), Target::Latest), &history.last().unwrap().3);
+}
+
+/// A kept point beyond the window at the end of a long chain (a base snapshot and 30 changesets) gets its own
+/// snapshot: afterwards its restore plan is one object and the chain before it is gone.
+fn long_chains_get_a_snapshot_so_old_points_restore_from_one_object(dir: &Path, b: &Backend) {
+    let s = b.storage();
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let mut o = WatchOptions::new("app");
+    o.sync_interval = Duration::ZERO;
+    let mut w = Watcher::start(&db, s.clone(), o).unwrap();
+    for i in 0..30 {
+        a.execute("INSERT INTO t(v) VALUES (?1)", [format!("long{i}")]).unwrap();
+        w.tick(true).unwrap();
+    }
+    w.shutdown().unwrap();
+    drop(w);
+    let expected = rows(&db);
+    let last_commit = walrust::restore::plan(s.as_ref(), "app", Target::Latest).unwrap().commit_ms;
+    assert_eq!(walrust::restore::plan(s.as_ref(), "app", Target::Latest).unwrap().objects.len(), 31);
+
+    // Two days later, with the default policy: the newest point is kept, beyond the 24-hour window.
+    let plan = compact::compact(s.as_ref(), "app", last_commit + 2 * DAY, &Policy::default(), false).unwrap();
+    assert!(plan.delete.len() >= 30, "the base and the chain before the point go: {}", plan.delete.len());
+    let after = walrust::restore::plan(s.as_ref(), "app", Target::Latest).unwrap();
+    assert_eq!(after.objects.len(), 1, "restore of the kept point touches one object: {:?}", after.objects);
+    assert_eq!(after.objects[0].key.kind, Kind::Snapshot);
+    let out = dir.join("long.db");
+    assert_eq!(restore_rows(&s, &out, Target::Latest), expected);
+    assert_eq!(restore_rows(&s, &out, Target::Time(last_commit)), expected);
+    verify(s.as_ref(), "app", Target::Latest).unwrap();
+    // Idempotent: a second run neither snapshots again nor deletes anything.
+    let again = compact::compact(s.as_ref(), "app", last_commit + 2 * DAY, &Policy::default(), false).unwrap();
+    assert!(again.delete.is_empty());
+    assert_eq!(b.keys("app").iter().filter(|k| k.contains("-s-")).count(), 1);
 }
