@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod compact;
+pub mod config;
 pub mod error;
 pub mod hadbp;
 pub mod keys;

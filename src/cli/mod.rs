@@ -85,6 +85,11 @@ impl StorageArgs {
     }
 }
 
+/// Parses a count flag (`--daily 7`).
+pub(crate) fn parse_count(flag: &str, v: &str) -> Result<u32> {
+    v.parse().map_err(|_| Error::Usage(format!("{flag}: '{v}' is not a non-negative integer")))
+}
+
 /// Parses a duration like `1s`, `250ms`, `1h30m`.
 pub(crate) fn parse_duration(flag: &str, v: &str) -> Result<std::time::Duration> {
     humantime::parse_duration(v).map_err(|e| Error::Usage(format!("{flag}: invalid duration '{v}': {e}")))

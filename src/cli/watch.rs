@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::cli::{parse_duration, usage, value_string, StorageArgs};
+use crate::cli::{parse_count, parse_duration, usage, value_string, StorageArgs};
+use crate::config;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::log;
@@ -13,6 +14,7 @@ use crate::watch::{self, WatchOptions, Watcher};
 
 const USAGE: &str = "\
 Usage: walrust watch DB... -b s3://BUCKET[/PREFIX] [options]
+       walrust watch --config walrust.toml [options]
 
 Ships every committed transaction of each database (WAL mode) to storage as chained changesets, takes
 snapshots, and keeps the WAL bounded. SIGTERM or SIGINT ships what is committed and exits 0; a second signal
@@ -20,6 +22,8 @@ exits at once. Each database is stored under its name: the file stem (app.db -> 
 
 Options:
   -b, --bucket URL             s3://BUCKET[/PREFIX] or file:///ABS/DIR
+      --config FILE            settings and [[databases]] from FILE (default: ./walrust.toml when no DB is
+                               given); flags override the file
       --endpoint URL           S3 endpoint (also AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)
       --name NAME              name in the bucket (one database only; default: the file stem)
       --interval D             at most one upload per D per database (default 1s)
@@ -37,39 +41,52 @@ Options:
 
 Examples:
   walrust watch app.db -b s3://backups/prod
-  walrust watch /data/app.db -b file:///var/backups --interval 5s";
+  walrust watch /data/app.db -b file:///var/backups --interval 5s
+  walrust watch --config /etc/walrust.toml";
 
 pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     let mut storage = StorageArgs::default();
     let mut dbs: Vec<PathBuf> = Vec::new();
     let mut name: Option<String> = None;
-    let mut base = WatchOptions::new("");
+    let mut config_path: Option<PathBuf> = None;
+    // Flags, layered over the config file: `None` = not given.
+    let mut cli_sync = config::Sync::default();
+    let mut new_generation = false;
     let mut restore_if_missing = false;
     let mut compact_interval: Option<std::time::Duration> = None;
-    let mut policy = crate::compact::Policy::default();
+    let mut keep = config::Retention::default();
     while let Some(arg) = parser.next().map_err(usage)? {
         match arg {
             lexopt::Arg::Short('b') | lexopt::Arg::Long("bucket") => storage.bucket = Some(value_string(&mut parser)?),
             lexopt::Arg::Long("endpoint") => storage.endpoint = Some(value_string(&mut parser)?),
+            lexopt::Arg::Long("config") => config_path = Some(PathBuf::from(value_string(&mut parser)?)),
             lexopt::Arg::Long("name") => name = Some(value_string(&mut parser)?),
             lexopt::Arg::Long("interval") => {
-                base.sync_interval = parse_duration("--interval", &value_string(&mut parser)?)?
+                cli_sync.interval = Some(parse_duration("--interval", &value_string(&mut parser)?)?)
             }
             lexopt::Arg::Long("check-interval") => {
-                base.check_interval = parse_duration("--check-interval", &value_string(&mut parser)?)?
+                cli_sync.check_interval = Some(parse_duration("--check-interval", &value_string(&mut parser)?)?)
             }
             lexopt::Arg::Long("snapshot-interval") => {
-                base.snapshot_interval = parse_duration("--snapshot-interval", &value_string(&mut parser)?)?
+                cli_sync.snapshot_interval = Some(parse_duration("--snapshot-interval", &value_string(&mut parser)?)?)
             }
-            lexopt::Arg::Long("new-generation") => base.new_generation = true,
+            lexopt::Arg::Long("new-generation") => new_generation = true,
             lexopt::Arg::Long("restore-if-missing") => restore_if_missing = true,
             lexopt::Arg::Long("compact-interval") => {
                 compact_interval = Some(parse_duration("--compact-interval", &value_string(&mut parser)?)?)
             }
-            lexopt::Arg::Long("keep-hourly") => policy.hourly = count("--keep-hourly", &value_string(&mut parser)?)?,
-            lexopt::Arg::Long("keep-daily") => policy.daily = count("--keep-daily", &value_string(&mut parser)?)?,
-            lexopt::Arg::Long("keep-weekly") => policy.weekly = count("--keep-weekly", &value_string(&mut parser)?)?,
-            lexopt::Arg::Long("keep-monthly") => policy.monthly = count("--keep-monthly", &value_string(&mut parser)?)?,
+            lexopt::Arg::Long("keep-hourly") => {
+                keep.hourly = Some(parse_count("--keep-hourly", &value_string(&mut parser)?)?)
+            }
+            lexopt::Arg::Long("keep-daily") => {
+                keep.daily = Some(parse_count("--keep-daily", &value_string(&mut parser)?)?)
+            }
+            lexopt::Arg::Long("keep-weekly") => {
+                keep.weekly = Some(parse_count("--keep-weekly", &value_string(&mut parser)?)?)
+            }
+            lexopt::Arg::Long("keep-monthly") => {
+                keep.monthly = Some(parse_count("--keep-monthly", &value_string(&mut parser)?)?)
+            }
             lexopt::Arg::Long("log-format") => match value_string(&mut parser)?.as_str() {
                 "json" => log::set_json(true),
                 "text" => log::set_json(false),
@@ -84,16 +101,42 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
             other => return Err(usage(other.unexpected())),
         }
     }
+    // The config file: --config, else ./walrust.toml when no database is named on the command line.
+    let cfg = match &config_path {
+        Some(p) => config::load(p)?,
+        None if dbs.is_empty() && std::path::Path::new("walrust.toml").is_file() => {
+            config::load(std::path::Path::new("walrust.toml"))?
+        }
+        None => config::Config::default(),
+    };
+    storage.bucket = storage.bucket.or(cfg.bucket.clone());
+    storage.endpoint = storage.endpoint.or(cfg.endpoint.clone());
+    let compact_interval = compact_interval.or(cfg.retention.compact_interval);
+    let policy = keep.policy_over(cfg.retention.policy_over(crate::compact::Policy::default()));
+
+    // (path, name, per-database sync settings from the file)
+    let mut targets: Vec<(PathBuf, Option<String>, config::Sync)> = Vec::new();
     if dbs.is_empty() {
-        return Err(Error::Usage("missing DB (see walrust watch --help)".into()));
+        for d in &cfg.databases {
+            let files = config::expand(d)?;
+            if files.is_empty() {
+                log::warn(&format!("{}: matches no database yet", d.path));
+            }
+            targets.extend(files.into_iter().map(|f| (f, d.name.clone(), d.sync.clone())));
+        }
+    } else {
+        if name.is_some() && dbs.len() > 1 {
+            return Err(Error::Usage("--name applies to a single database".into()));
+        }
+        targets.extend(dbs.iter().map(|d| (d.clone(), name.clone(), config::Sync::default())));
     }
-    if name.is_some() && dbs.len() > 1 {
-        return Err(Error::Usage("--name applies to a single database".into()));
+    if targets.is_empty() {
+        return Err(Error::Usage("missing DB (see walrust watch --help), or [[databases]] in walrust.toml".into()));
     }
     let storage = storage.open_with(true)?;
     let mut jobs = Vec::new();
-    for db in &dbs {
-        let n = match &name {
+    for (db, db_name, db_sync) in &targets {
+        let n = match db_name {
             Some(n) => n.clone(),
             None => keys::name_from_path(db)
                 .ok_or_else(|| Error::Usage(format!("{}: cannot derive a name; use --name", db.display())))?,
@@ -101,7 +144,17 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
         if !keys::valid_name(&n) {
             return Err(Error::Usage(format!("invalid name '{n}' (letters, digits, '.', '_', '-')")));
         }
-        jobs.push((db.clone(), WatchOptions { name: n, ..base.clone() }));
+        if jobs.iter().any(|(_, o): &(PathBuf, WatchOptions)| o.name == n) {
+            return Err(Error::Usage(format!("two databases would be stored under the name '{n}'")));
+        }
+        // Flags override the database's own settings, which override [sync], which override the defaults.
+        let sync = cli_sync.over(&db_sync.over(&cfg.sync));
+        let mut o = WatchOptions::new(n);
+        o.sync_interval = sync.interval.unwrap_or(o.sync_interval);
+        o.check_interval = sync.check_interval.unwrap_or(o.check_interval);
+        o.snapshot_interval = sync.snapshot_interval.unwrap_or(o.snapshot_interval);
+        o.new_generation = new_generation;
+        jobs.push((db.clone(), o));
     }
     if restore_if_missing {
         for (db, opts) in &jobs {
@@ -203,8 +256,4 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
             Ok(0)
         }
     }
-}
-
-fn count(flag: &str, v: &str) -> Result<u32> {
-    v.parse().map_err(|_| Error::Usage(format!("{flag}: expected a count, not '{v}'")))
 }
