@@ -143,6 +143,24 @@ fn every_recorded_instant_restores_exactly(dir: &Path, b: &Backend) {
     let o = RestoreOptions { output: out.clone(), force: false, target: Target::Time(after), write_state: false };
     let e = restore(s.as_ref(), "app", &o).unwrap_err();
     assert!(e.to_string().contains("after the newest"), "{e}");
+
+    // list: every generation with its object count, bytes and restorable range, for scripts and for people.
+    let bargs = b.args();
+    let mut args = vec!["list", "app", "--json"];
+    args.extend(bargs.iter().map(String::as_str));
+    let o = support::walrust(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let json = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(json.matches("\"generation\":").count(), 3, "{json}");
+    for field in ["\"objects\":", "\"bytes\":", "\"oldest\":", "\"newest\":", "\"newest_seq\":"] {
+        assert_eq!(json.matches(field).count(), 3, "{field} per generation: {json}");
+    }
+    let mut args = vec!["list"];
+    args.extend(bargs.iter().map(String::as_str));
+    let o = support::walrust(&args);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let row = text.lines().find(|l| l.starts_with("app ")).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("3"), "three generations: {row}");
 }
 
 /// A small backup with a snapshot and several changesets in one generation.
