@@ -2,42 +2,21 @@
 //! backends: objects are deleted, every kept point restores exactly and `verify` passes, also after a deletion
 //! cut short at any prefix of its order (a crash).
 
+#[macro_use]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use walrust::compact::{self, KeptPoint, Policy, Reason};
 use walrust::keys::{Kind, ObjectKey};
-use walrust::restore::{restore, RestoreOptions, Target};
+use walrust::restore::Target;
 use walrust::storage::StorageRef;
 use walrust::verify::verify;
 use walrust::watch::{WatchOptions, Watcher};
 
-use support::{temp_dir, Backend};
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod file_backend {
-            $( #[test] fn $case() {
-                let dir = super::temp_dir(stringify!($case));
-                let b = super::Backend::file(&dir);
-                super::$case(&dir, &b);
-                let _ = std::fs::remove_dir_all(&dir);
-            } )*
-        }
-        mod s3_backend {
-            $( #[test] fn $case() {
-                let Some(b) = super::Backend::s3() else { return };
-                let dir = super::temp_dir(stringify!($case));
-                super::$case(&dir, &b);
-                let _ = std::fs::remove_dir_all(&dir);
-            } )*
-        }
-    };
-}
+use support::{app, record_history, restore_rows, rows, Backend, Recorded};
 
 on_both_backends!(
     compaction_keeps_promised_points_restorable,
@@ -255,73 +234,6 @@ fn selection_edge_cases() {
 // ---------------------------------------------------------------------------------------------------------
 // Real backups.
 
-fn app(db: &Path) -> Connection {
-    let c = Connection::open(db).unwrap();
-    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000").unwrap();
-    c
-}
-
-fn rows(db: &Path) -> Vec<(i64, String)> {
-    let c = Connection::open(db).unwrap();
-    let mut st = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// (instant ms right after the batch, generation, seq, rows)
-type Recorded = (u64, u64, u64, Vec<(i64, String)>);
-
-/// Two generations of 10 batches each, with a mid-generation snapshot after every 4th batch.
-fn record_history(dir: &Path, s: &StorageRef) -> Vec<Recorded> {
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let mut history = Vec::new();
-    let mut n = 0;
-    for generation in 0..2 {
-        if generation > 0 {
-            a.execute("INSERT INTO t(v) VALUES ('while-down')", []).unwrap();
-            a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-            a.execute("INSERT INTO t(v) VALUES ('after-restart')", []).unwrap();
-        }
-        let mut o = WatchOptions::new("app");
-        o.sync_interval = Duration::ZERO;
-        let mut w = Watcher::start(&db, s.clone(), o).unwrap();
-        std::thread::sleep(Duration::from_millis(3));
-        history.push((now_ms(), w.generation(), w.seq(), rows(&db)));
-        std::thread::sleep(Duration::from_millis(3));
-        for batch in 0..10 {
-            for _ in 0..3 {
-                n += 1;
-                match n % 4 {
-                    0 => a.execute("DELETE FROM t WHERE id = (SELECT min(id) FROM t)", []).unwrap(),
-                    1 => a.execute("UPDATE t SET v = v || '+' WHERE id % 3 = ?1", [n % 3]).unwrap(),
-                    _ => a.execute("INSERT INTO t(v) VALUES (?1)", [format!("row{n}")]).unwrap(),
-                };
-            }
-            w.tick(true).unwrap();
-            if batch % 4 == 3 {
-                w.snapshot_now().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(3));
-            history.push((now_ms(), w.generation(), w.seq(), rows(&db)));
-            std::thread::sleep(Duration::from_millis(3));
-        }
-        w.shutdown().unwrap();
-    }
-    history
-}
-
-fn restore_rows(s: &StorageRef, out: &Path, target: Target) -> Vec<(i64, String)> {
-    let _ = std::fs::remove_file(out);
-    let o = RestoreOptions { output: out.to_path_buf(), force: false, target, write_state: false };
-    restore(s.as_ref(), "app", &o).unwrap_or_else(|e| panic!("restore {target:?}: {e}"));
-    rows(out)
-}
-
 /// The recorded state of the point (generation, seq).
 fn expected_rows(history: &[Recorded], generation: u64, seq: u64) -> &Vec<(i64, String)> {
     &history.iter().rev().find(|h| h.1 == generation && h.2 == seq).expect("recorded point").3
@@ -348,7 +260,7 @@ fn point_keys(b: &Backend) -> usize {
 
 fn compaction_keeps_promised_points_restorable(dir: &Path, b: &Backend) {
     let s = b.storage();
-    let history = record_history(dir, &s);
+    let history = record_history(dir, &s, 2, 10, 4);
     let before = point_keys(b);
 
     // 1. No window (hourly 0) and `now` in the middle of the second generation, right after a recorded batch:
@@ -392,7 +304,7 @@ fn compaction_keeps_promised_points_restorable(dir: &Path, b: &Backend) {
 
 fn interrupted_compaction_stays_verifiable(dir: &Path, b: &Backend) {
     let s = b.storage();
-    let history = record_history(dir, &s);
+    let history = record_history(dir, &s, 2, 10, 4);
     // The point before `now` is batch 7, whose seq also has a mid snapshot: it stays behind a gap.
     let k = history.len() - 3;
     let policy = Policy { hourly: 0, daily: 7, weekly: 0, monthly: 0 };
@@ -415,7 +327,7 @@ fn interrupted_compaction_stays_verifiable(dir: &Path, b: &Backend) {
 
 fn cli_compact(dir: &Path, b: &Backend) {
     let s = b.storage();
-    let history = record_history(dir, &s);
+    let history = record_history(dir, &s, 2, 10, 4);
     let now = humantime::format_rfc3339_millis(
         std::time::UNIX_EPOCH + Duration::from_millis(history.last().unwrap().0 + 2 * 24 * 3_600_000),
     )

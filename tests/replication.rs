@@ -2,6 +2,7 @@
 //! `walrust watch` binary replicates it; `walrust restore` must give back exactly the last committed state.
 //! Every scenario runs against the local-directory backend and against the S3 test server.
 
+#[macro_use]
 mod support;
 
 use std::path::Path;
@@ -9,27 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::*;
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod file_backend {
-            $( #[test] fn $case() {
-                let dir = super::temp_dir(stringify!($case));
-                let b = super::Backend::file(&dir);
-                super::$case(&dir, &b);
-                let _ = std::fs::remove_dir_all(&dir);
-            } )*
-        }
-        mod s3_backend {
-            $( #[test] fn $case() {
-                let Some(b) = super::Backend::s3() else { return };
-                let dir = super::temp_dir(stringify!($case));
-                super::$case(&dir, &b);
-                let _ = std::fs::remove_dir_all(&dir);
-            } )*
-        }
-    };
-}
 
 on_both_backends!(
     random_workload_with_vacuum_and_blobs_restores_exactly,

@@ -3,53 +3,20 @@
 //! byte flip, a deleted object, a truncated object and an object copied in from another database; planning over
 //! 10 000 objects costs LISTs only.
 
+#[macro_use]
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::Connection;
 use walrust::restore::{plan, restore, RestoreOptions, Target};
-use walrust::storage::{self, StorageRef};
+use walrust::storage;
 use walrust::verify::verify;
 use walrust::watch::{WatchOptions, Watcher};
 
-use support::{temp_dir, unique, Backend};
-
-macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
-        mod file_backend {
-            $( #[test] fn $case() {
-                let dir = super::temp_dir(stringify!($case));
-                let b = super::Backend::file(&dir);
-                super::$case(&dir, &b);
-                let _ = std::fs::remove_dir_all(&dir);
-            } )*
-        }
-        mod s3_backend {
-            $( #[test] fn $case() {
-                let Some(b) = super::Backend::s3() else { return };
-                let dir = super::temp_dir(stringify!($case));
-                super::$case(&dir, &b);
-                let _ = std::fs::remove_dir_all(&dir);
-            } )*
-        }
-    };
-}
+use support::{app, now_ms, record_history, restore_rows, unique, Backend, StorageRef};
 
 on_both_backends!(every_recorded_instant_restores_exactly, verify_names_the_broken_object);
-
-fn app(db: &Path) -> Connection {
-    let c = Connection::open(db).unwrap();
-    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000").unwrap();
-    c
-}
-
-fn rows(db: &Path) -> Vec<(i64, String)> {
-    let c = Connection::open(db).unwrap();
-    let mut st = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
-}
 
 fn opts(new_generation: bool) -> WatchOptions {
     let mut o = WatchOptions::new("app");
@@ -58,66 +25,11 @@ fn opts(new_generation: bool) -> WatchOptions {
     o
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn restore_to(s: &StorageRef, out: &Path, target: Target) -> Vec<(i64, String)> {
-    let _ = std::fs::remove_file(out);
-    let o = RestoreOptions { output: out.to_path_buf(), force: false, target, write_state: false };
-    restore(s.as_ref(), "app", &o).unwrap_or_else(|e| panic!("restore {target:?}: {e}"));
-    rows(out)
-}
-
 /// Writes batches over 3 generations, with mid-generation snapshots; records the state after each batch. The
 /// generation changes because the application restarts the WAL while walrust is down.
-/// (instant ms, generation, seq, rows) after one batch.
-type Recorded = (u64, u64, u64, Vec<(i64, String)>);
-
-fn record_history(dir: &Path, s: &StorageRef) -> Vec<Recorded> {
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let mut history = Vec::new();
-    let mut n = 0;
-    for generation in 0..3 {
-        if generation > 0 {
-            // walrust is down: the application writes, checkpoints and restarts the WAL, so continuity cannot
-            // be proven and the next start begins a new generation.
-            a.execute("INSERT INTO t(v) VALUES ('while-down')", []).unwrap();
-            a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-            a.execute("INSERT INTO t(v) VALUES ('after-restart')", []).unwrap();
-        }
-        let mut w = Watcher::start(&db, s.clone(), opts(false)).unwrap();
-        // Right after the generation change: the base snapshot alone.
-        std::thread::sleep(Duration::from_millis(3));
-        history.push((now_ms(), w.generation(), w.seq(), rows(&db)));
-        std::thread::sleep(Duration::from_millis(3));
-        for batch in 0..12 {
-            for _ in 0..3 {
-                n += 1;
-                match n % 4 {
-                    0 => a.execute("DELETE FROM t WHERE id = (SELECT min(id) FROM t)", []).unwrap(),
-                    1 => a.execute("UPDATE t SET v = v || '+' WHERE id % 3 = ?1", [n % 3]).unwrap(),
-                    _ => a.execute("INSERT INTO t(v) VALUES (?1)", [format!("row{n}")]).unwrap(),
-                };
-            }
-            w.tick(true).unwrap();
-            if batch % 5 == 4 {
-                w.snapshot_now().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(3));
-            history.push((now_ms(), w.generation(), w.seq(), rows(&db)));
-            std::thread::sleep(Duration::from_millis(3));
-        }
-        w.shutdown().unwrap();
-    }
-    history
-}
-
 fn every_recorded_instant_restores_exactly(dir: &Path, b: &Backend) {
     let s = b.storage();
-    let history = record_history(dir, &s);
+    let history = record_history(dir, &s, 3, 12, 5);
     let gens: std::collections::BTreeSet<u64> = history.iter().map(|h| h.1).collect();
     assert_eq!(gens.len(), 3, "three generations");
     let out = dir.join("pit.db");
@@ -125,13 +37,13 @@ fn every_recorded_instant_restores_exactly(dir: &Path, b: &Backend) {
     // The last instant is after the newest commit: the backup cannot vouch for it (checked below); the latest
     // state is restored without --point-in-time.
     for (i, (t, generation, seq, expected)) in history[..history.len() - 1].iter().enumerate() {
-        assert_eq!(&restore_to(&s, &out, Target::Time(*t)), expected, "instant #{i} ({t} ms)");
+        assert_eq!(&restore_rows(&s, &out, Target::Time(*t)), expected, "instant #{i} ({t} ms)");
         if *generation == newest {
             // By sequence number too (a seq names a point of the newest generation holding it).
-            assert_eq!(&restore_to(&s, &out, Target::Seq(*seq)), expected, "seq {seq}");
+            assert_eq!(&restore_rows(&s, &out, Target::Seq(*seq)), expected, "seq {seq}");
         }
     }
-    assert_eq!(&restore_to(&s, &out, Target::Latest), &history.last().unwrap().3);
+    assert_eq!(&restore_rows(&s, &out, Target::Latest), &history.last().unwrap().3);
     // Outside the stored range: a clear not-found, and no file.
     let _ = std::fs::remove_file(&out);
     let before = history[0].0 - 60_000;

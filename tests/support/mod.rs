@@ -1,5 +1,5 @@
 //! Shared helpers of the integration tests: the S3 test server's coordinates and unique names.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -189,4 +189,116 @@ pub fn restore_ok(backend: &Backend, name: &str, out: &Path, extra: &[&str]) {
 
 pub fn log_text(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
+}
+
+// ---- in-process backups with a recorded history (restore_points.rs, compact.rs) ----
+
+/// Runs `$case(dir, backend)` once per backend: `mod file_backend` and `mod s3_backend` (skipped without S3).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod file_backend {
+            $( #[test] fn $case() {
+                let dir = $crate::support::temp_dir(stringify!($case));
+                let b = $crate::support::Backend::file(&dir);
+                super::$case(&dir, &b);
+                let _ = std::fs::remove_dir_all(&dir);
+            } )*
+        }
+        mod s3_backend {
+            $( #[test] fn $case() {
+                let Some(b) = $crate::support::Backend::s3() else { return };
+                let dir = $crate::support::temp_dir(stringify!($case));
+                super::$case(&dir, &b);
+                let _ = std::fs::remove_dir_all(&dir);
+            } )*
+        }
+    };
+}
+
+/// An application connection (WAL mode).
+pub fn app(db: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000").unwrap();
+    c
+}
+
+/// The rows of table `t`.
+pub fn rows(db: &Path) -> Vec<(i64, String)> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c.prepare("SELECT id, v FROM t ORDER BY id").unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+pub use walrust::storage::StorageRef;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// (instant ms right after a batch, generation, seq, rows of `t`)
+pub type Recorded = (u64, u64, u64, Vec<(i64, String)>);
+
+/// Drives `app.db` through `generations` generations of `batches` batches (3 transactions each: inserts,
+/// updates, deletes), a mid-generation snapshot after every `snapshot_every`-th batch, and records the state
+/// after each batch and right after each generation starts. The generation changes because the application
+/// restarts the WAL while walrust is down, so continuity cannot be proven.
+pub fn record_history(
+    dir: &Path,
+    s: &walrust::storage::StorageRef,
+    generations: usize,
+    batches: usize,
+    snapshot_every: usize,
+) -> Vec<Recorded> {
+    use std::time::Duration;
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let mut history = Vec::new();
+    let mut n = 0;
+    for generation in 0..generations {
+        if generation > 0 {
+            a.execute("INSERT INTO t(v) VALUES ('while-down')", []).unwrap();
+            a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+            a.execute("INSERT INTO t(v) VALUES ('after-restart')", []).unwrap();
+        }
+        let mut o = walrust::watch::WatchOptions::new("app");
+        o.sync_interval = Duration::ZERO;
+        let mut w = walrust::watch::Watcher::start(&db, s.clone(), o).unwrap();
+        // Right after the generation change: the base snapshot alone.
+        std::thread::sleep(Duration::from_millis(3));
+        history.push((now_ms(), w.generation(), w.seq(), rows(&db)));
+        std::thread::sleep(Duration::from_millis(3));
+        for batch in 0..batches {
+            for _ in 0..3 {
+                n += 1;
+                match n % 4 {
+                    0 => a.execute("DELETE FROM t WHERE id = (SELECT min(id) FROM t)", []).unwrap(),
+                    1 => a.execute("UPDATE t SET v = v || '+' WHERE id % 3 = ?1", [n % 3]).unwrap(),
+                    _ => a.execute("INSERT INTO t(v) VALUES (?1)", [format!("row{n}")]).unwrap(),
+                };
+            }
+            w.tick(true).unwrap();
+            if batch % snapshot_every == snapshot_every - 1 {
+                w.snapshot_now().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(3));
+            history.push((now_ms(), w.generation(), w.seq(), rows(&db)));
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        w.shutdown().unwrap();
+    }
+    history
+}
+
+/// Restores `app` at `target` into `out` (replacing it) and returns its rows.
+pub fn restore_rows(
+    s: &walrust::storage::StorageRef,
+    out: &Path,
+    target: walrust::restore::Target,
+) -> Vec<(i64, String)> {
+    let _ = std::fs::remove_file(out);
+    let o = walrust::restore::RestoreOptions { output: out.to_path_buf(), force: false, target, write_state: false };
+    walrust::restore::restore(s.as_ref(), "app", &o).unwrap_or_else(|e| panic!("restore {target:?}: {e}"));
+    rows(out)
 }
