@@ -598,8 +598,7 @@ impl Watcher {
         Ok(())
     }
 
-    /// PASSIVE checkpoint once the WAL is long, FULL when it is very large; then, when everything is
-    /// backfilled, move the pin again so that it lands on read mark 0 and the next writer restarts the WAL.
+    /// PASSIVE checkpoint once the WAL is long, a forced restart point when it is very large.
     fn maybe_checkpoint(&mut self) -> Result<()> {
         if self.cursor.frames < self.opts.checkpoint_frames {
             return Ok(());
@@ -608,6 +607,12 @@ impl Watcher {
         if wal_bytes >= self.opts.checkpoint_full_bytes {
             return self.forced_checkpoint();
         }
+        self.checkpoint_and_repin()
+    }
+
+    /// PASSIVE checkpoint; when it backfilled the whole WAL and the whole WAL is shipped, move the pin so that it
+    /// lands on read mark 0 and the next writer restarts the WAL.
+    fn checkpoint_and_repin(&mut self) -> Result<()> {
         let r = self.pins.checkpoint()?;
         self.stats.checkpoints += 1;
         if !r.busy && r.log_frames == r.checkpointed_frames && r.log_frames as u64 == self.cursor.frames as u64 {
@@ -634,14 +639,10 @@ impl Watcher {
 
     fn forced_checkpoint_locked(&mut self) -> Result<()> {
         self.sync(true)?;
+        // The pin moves to the end first, so the checkpoint may copy every frame.
         self.pins.advance()?;
-        let r = self.pins.checkpoint()?;
-        self.stats.checkpoints += 1;
-        if !r.busy && r.log_frames == r.checkpointed_frames && r.log_frames as u64 == self.cursor.frames as u64 {
-            self.pins.advance()?;
-        }
         self.last_pin = Instant::now();
-        Ok(())
+        self.checkpoint_and_repin()
     }
 
     /// A snapshot asked for by `walrust snapshot` (a stat per tick). The request file is removed only once the
