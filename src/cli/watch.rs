@@ -33,6 +33,7 @@ Options:
                                has no record of writing (taking over a name)
       --restore-if-missing     restore a database that does not exist from its latest backup first, then
                                continue its chain (new machines, init containers)
+      --allow-unsafe-storage   run even if the storage ignores conditional writes (no fencing)
       --compact-interval D     run `walrust compact` (GFS retention) for each database every D (default off)
       --keep-hourly N, --keep-daily N, --keep-weekly N, --keep-monthly N
                                the retention policy for --compact-interval (default 24, 7, 12, 12)
@@ -53,6 +54,7 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     let mut cli_sync = config::Sync::default();
     let mut new_generation = false;
     let mut restore_if_missing = false;
+    let mut allow_unsafe_storage = false;
     let mut compact_interval: Option<std::time::Duration> = None;
     let mut keep = config::Retention::default();
     while let Some(arg) = parser.next().map_err(usage)? {
@@ -72,6 +74,7 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
             }
             lexopt::Arg::Long("new-generation") => new_generation = true,
             lexopt::Arg::Long("restore-if-missing") => restore_if_missing = true,
+            lexopt::Arg::Long("allow-unsafe-storage") => allow_unsafe_storage = true,
             lexopt::Arg::Long("compact-interval") => {
                 compact_interval = Some(parse_duration("--compact-interval", &value_string(&mut parser)?)?)
             }
@@ -134,6 +137,22 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
         return Err(Error::Usage("missing DB (see walrust watch --help), or [[databases]] in walrust.toml".into()));
     }
     let storage = storage.open_with(true)?;
+    // Fencing rests on create-if-absent; some S3 implementations ignore If-None-Match (FIELD-NOTES 11).
+    if !crate::storage::honours_create_if_absent(storage.as_ref())
+        .map_err(|e| Error::from(e).context("probing the storage"))?
+    {
+        let msg = format!(
+            "{} accepted a second create-if-absent write of the same key (If-None-Match: * is ignored): a second \
+             writer could overwrite backups unnoticed",
+            storage.describe()
+        );
+        if !allow_unsafe_storage {
+            return Err(Error::Usage(format!(
+                "{msg}; use a store that honours conditional writes, or --allow-unsafe-storage"
+            )));
+        }
+        log::warn(&format!("{msg}; continuing because of --allow-unsafe-storage"));
+    }
     let mut jobs = Vec::new();
     for (db, db_name, db_sync) in &targets {
         let n = match db_name {

@@ -256,6 +256,20 @@ pub fn open(location: &Location, opts: &OpenOptions) -> Result<StorageRef> {
     }
 }
 
+/// Checks that the storage honours create-if-absent (FIELD-NOTES 11: some S3 implementations ignore
+/// `If-None-Match: *`, which would let two writers silently overwrite each other's objects). Writes a probe key
+/// twice under `.walrust-probe/` and deletes it: 2 PUTs and 1 DELETE. Returns false when the second write was
+/// accepted.
+pub fn honours_create_if_absent(storage: &dyn Storage) -> Result<bool> {
+    let key = format!(".walrust-probe/{}-{:016x}", std::process::id(), retry::jitter(u64::MAX - 1));
+    let first = storage.put_if_absent(&key, &mut &b"first"[..])?;
+    let second = storage.put_if_absent(&key, &mut &b"second"[..]);
+    let cleanup = storage.delete_many(std::slice::from_ref(&key));
+    let second = second?;
+    cleanup?;
+    Ok(first == PutOutcome::Created && second == PutOutcome::AlreadyExists)
+}
+
 /// Reads up to `buf.len()` bytes, stopping early only at end of input. Returns the number read.
 pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -268,4 +282,48 @@ pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that ignores `If-None-Match: *` (as Garage does, per FIELD-NOTES 11): every write lands.
+    #[derive(Debug)]
+    struct IgnoresCondition(local::LocalStorage);
+
+    impl Storage for IgnoresCondition {
+        fn put(&self, key: &str, body: &mut dyn Read) -> Result<()> {
+            self.0.put(key, body)
+        }
+        fn put_if_absent(&self, key: &str, body: &mut dyn Read) -> Result<PutOutcome> {
+            self.0.put(key, body).map(|_| PutOutcome::Created)
+        }
+        fn get(&self, key: &str) -> Result<ObjectReader> {
+            self.0.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<ObjectReader> {
+            self.0.get_range(key, offset, len)
+        }
+        fn list_page(&self, p: &str, s: Option<&str>, d: bool, t: Option<&str>) -> Result<ListPage> {
+            self.0.list_page(p, s, d, t)
+        }
+        fn delete_many(&self, keys: &[String]) -> Result<()> {
+            self.0.delete_many(keys)
+        }
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+    }
+
+    #[test]
+    fn the_probe_tells_a_store_that_ignores_conditions() {
+        let dir = std::env::temp_dir().join(format!("walrust-probe-{}", std::process::id()));
+        let good = local::LocalStorage::open(&dir, true).unwrap();
+        assert!(honours_create_if_absent(&good).unwrap());
+        let bad = IgnoresCondition(local::LocalStorage::open(&dir, true).unwrap());
+        assert!(!honours_create_if_absent(&bad).unwrap());
+        assert!(list_all(&good, "", None).unwrap().is_empty(), "the probe cleans up");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
