@@ -528,3 +528,21 @@ fn config_file_with_globs_and_per_database_overrides() {
     assert!(err.contains("walrust.toml:3: unknown key 'intervall' in [sync]"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// FIELD-NOTES 16: a database not named `*.db` has its WAL (path + `-wal`) replicated like any other.
+#[test]
+fn a_database_not_named_db_replicates() {
+    let dir = temp_dir("not-db");
+    let db = dir.join("inventory.sqlite3");
+    ok(&workload(&db, &["--txns", "20", "--seed", "95"]));
+    let b = Backend::file(&dir);
+    let log = dir.join("watch.log");
+    let w = spawn_watch(&db, &b, &[], &log);
+    ok(&workload(&db, &["--txns", "100", "--seed", "96"]));
+    assert_eq!(stop(w, 30), 0, "{}", log_text(&log));
+    assert!(b.keys("inventory").iter().any(|k| k.contains("-c-")), "changesets shipped from inventory.sqlite3-wal");
+    let out = dir.join("restored.sqlite3");
+    restore_ok(&b, "inventory", &out, &[]);
+    assert_eq!(digest(&out), digest(&db));
+    let _ = std::fs::remove_dir_all(&dir);
+}
