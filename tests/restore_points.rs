@@ -109,9 +109,28 @@ fn verify_names_the_broken_object(dir: &Path, b: &Backend) {
     let keys = b.keys("app");
     let middle = keys[3].clone();
     let good = read(&s, &middle);
+    // A point in the middle verifies on its own.
+    assert_eq!(verify(s.as_ref(), "app", Target::Seq(3)).unwrap().seq, 3);
+    let bargs = b.args();
+    let cli = |extra: &[&str]| {
+        let mut args = vec!["verify", "app", "--json"];
+        args.extend(extra);
+        args.extend(bargs.iter().map(String::as_str));
+        support::walrust(&args)
+    };
+    let o = cli(&[]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"ok\":true"));
     let check = |what: &str, needle: &str| {
         let e = verify(s.as_ref(), "app", Target::Latest).expect_err(what);
         assert!(e.to_string().contains(needle), "{what}: the error names {needle}: {e}");
+        // The CLI: exit 4 (corrupt), JSON naming the object.
+        let o = cli(&[]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert_eq!(o.status.code(), Some(4), "{what}: {out}");
+        assert!(
+            out.contains("\"ok\":false") && out.contains("\"exit_code\":4") && out.contains(needle),
+            "{what}: {out}"
+        );
     };
 
     // A flipped byte.
