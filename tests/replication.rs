@@ -546,3 +546,51 @@ fn a_database_not_named_db_replicates() {
     assert_eq!(digest(&out), digest(&db));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// explain: resolved settings, glob matches, credential source and request estimates; no request sent (the
+/// endpoint does not answer), no secret printed.
+#[test]
+fn explain_shows_the_resolved_plan_without_secrets_or_requests() {
+    let dir = temp_dir("explain");
+    let tenants = dir.join("tenants");
+    std::fs::create_dir_all(&tenants).unwrap();
+    for t in ["a", "b"] {
+        ok(&workload(&tenants.join(format!("{t}.db")), &["--txns", "1"]));
+    }
+    let cfg = dir.join("walrust.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[s3]\nbucket = \"s3://some-bucket/prod/\"\nendpoint = \"http://127.0.0.1:9\"\n[sync]\ninterval = \"2s\"\n\
+             [retention]\ndaily = 3\ncompact_interval = \"1h\"\n[[databases]]\npath = \"{}/*.db\"\ninterval = \"10s\"\n",
+            tenants.display()
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(walrust_bin())
+            .args([&["explain", "--config", cfg.to_str().unwrap()][..], extra].concat())
+            .env("AWS_ACCESS_KEY_ID", "AKIAEXPLAINTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "super-secret-value")
+            .env("AWS_SESSION_TOKEN", "session-token-value")
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("s3://some-bucket/prod/") && out.contains("http://127.0.0.1:9"), "{out}");
+    assert!(out.contains("environment (access key AKIAEXPLAINTEST)"), "{out}");
+    assert!(out.contains("/*.db: 2 database(s)") && out.contains("daily 3") && out.contains("every 1h"), "{out}");
+    // The database's own interval (10s) wins over [sync] (2s): 259200 busy PUTs a month.
+    let row = out.lines().find(|l| l.starts_with("a ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("10s") && row.contains("259200"), "{row}");
+    assert!(!out.contains("super-secret-value") && !out.contains("session-token-value"), "no secrets: {out}");
+    // A flag overrides the file.
+    let o = run(&["--interval", "1m", "--json"]);
+    let json = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{json}");
+    assert!(json.contains("\"interval_ms\":60000") && json.contains("\"busy_puts_per_month\":43200"), "{json}");
+    assert!(json.contains("\"idle_requests_per_month\":0") && !json.contains("super-secret-value"), "{json}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

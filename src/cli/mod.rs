@@ -2,6 +2,7 @@
 //! then resolves them into settings and calls the library.
 
 mod compact;
+mod explain;
 mod list;
 mod restore;
 mod snapshot;
@@ -20,11 +21,13 @@ walrust: continuous replication of SQLite databases to S3-compatible storage
 
 Usage:
   walrust watch DB... -b s3://BUCKET[/PREFIX] [--endpoint URL] [options]
+  walrust watch --config walrust.toml
   walrust restore NAME -o OUT.db -b s3://BUCKET[/PREFIX] [--point-in-time RFC3339|SEQ] [--force]
   walrust snapshot DB -b s3://BUCKET[/PREFIX]
   walrust verify NAME -b s3://BUCKET[/PREFIX] [--point-in-time T] [--json]
   walrust list [NAME] -b s3://BUCKET[/PREFIX] [--json]
   walrust compact NAME -b s3://BUCKET[/PREFIX] [--hourly N --daily N --weekly N --monthly N] [--dry-run] [--json]
+  walrust explain [DB...] [--config FILE] [watch options] [--json]
 
 Storage (-b) is s3://BUCKET[/PREFIX] or file:///ABS/DIR. Run `walrust COMMAND --help` for a command's options.
 Exit codes: 0 ok, 1 failure, 2 usage, 3 not found, 4 corrupt, 5 fenced (another writer), 6 output exists.";
@@ -50,6 +53,7 @@ pub fn run(args: Vec<OsString>) -> Result<i32> {
         "verify" => verify::run(parser),
         "list" => list::run(parser),
         "snapshot" => snapshot::run(parser),
+        "explain" => explain::run(parser),
         "compact" => compact::run(parser),
         "help" => {
             println!("{USAGE}");

@@ -45,7 +45,31 @@ Examples:
   walrust watch /data/app.db -b file:///var/backups --interval 5s
   walrust watch --config /etc/walrust.toml";
 
-pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
+/// What `watch` runs, resolved from its flags and the config file (also what `explain` shows).
+pub(crate) struct Resolved {
+    pub storage: StorageArgs,
+    pub config_file: Option<PathBuf>,
+    /// Each `[[databases]]` path or glob (or command-line DB) and the files it matches now.
+    pub matches: Vec<(String, Vec<PathBuf>)>,
+    pub jobs: Vec<(PathBuf, WatchOptions)>,
+    pub policy: crate::compact::Policy,
+    pub compact_interval: Option<std::time::Duration>,
+    pub restore_if_missing: bool,
+    pub allow_unsafe_storage: bool,
+    /// `--json` (explain only).
+    pub json: bool,
+}
+
+pub fn run(parser: lexopt::Parser) -> Result<i32> {
+    match resolve(parser, USAGE, false)? {
+        Some(r) => watch(r),
+        None => Ok(0),
+    }
+}
+
+/// Parses watch's flags (`--help` prints `help` and returns `None`) and layers them over the config file.
+pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool) -> Result<Option<Resolved>> {
+    let mut json = false;
     let mut storage = StorageArgs::default();
     let mut dbs: Vec<PathBuf> = Vec::new();
     let mut name: Option<String> = None;
@@ -97,19 +121,22 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
             },
             lexopt::Arg::Short('v') | lexopt::Arg::Long("verbose") => log::set_level(log::Level::Debug),
             lexopt::Arg::Short('h') | lexopt::Arg::Long("help") => {
-                println!("{USAGE}");
-                return Ok(0);
+                println!("{help}");
+                return Ok(None);
             }
+            lexopt::Arg::Long("json") if accept_json => json = true,
             lexopt::Arg::Value(v) => dbs.push(PathBuf::from(v)),
             other => return Err(usage(other.unexpected())),
         }
     }
     // The config file: --config, else ./walrust.toml when no database is named on the command line.
-    let cfg = match &config_path {
+    let config_file = match config_path {
+        Some(p) => Some(p),
+        None if dbs.is_empty() && std::path::Path::new("walrust.toml").is_file() => Some(PathBuf::from("walrust.toml")),
+        None => None,
+    };
+    let cfg = match &config_file {
         Some(p) => config::load(p)?,
-        None if dbs.is_empty() && std::path::Path::new("walrust.toml").is_file() => {
-            config::load(std::path::Path::new("walrust.toml"))?
-        }
         None => config::Config::default(),
     };
     storage.bucket = storage.bucket.or(cfg.bucket.clone());
@@ -119,39 +146,25 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
 
     // (path, name, per-database sync settings from the file)
     let mut targets: Vec<(PathBuf, Option<String>, config::Sync)> = Vec::new();
+    let mut matches = Vec::new();
     if dbs.is_empty() {
         for d in &cfg.databases {
             let files = config::expand(d)?;
             if files.is_empty() {
                 log::warn(&format!("{}: matches no database yet", d.path));
             }
+            matches.push((d.path.clone(), files.clone()));
             targets.extend(files.into_iter().map(|f| (f, d.name.clone(), d.sync.clone())));
         }
     } else {
         if name.is_some() && dbs.len() > 1 {
             return Err(Error::Usage("--name applies to a single database".into()));
         }
+        matches.extend(dbs.iter().map(|d| (d.display().to_string(), vec![d.clone()])));
         targets.extend(dbs.iter().map(|d| (d.clone(), name.clone(), config::Sync::default())));
     }
     if targets.is_empty() {
         return Err(Error::Usage("missing DB (see walrust watch --help), or [[databases]] in walrust.toml".into()));
-    }
-    let storage = storage.open_with(true)?;
-    // Fencing rests on create-if-absent; some S3 implementations ignore If-None-Match (FIELD-NOTES 11).
-    if !crate::storage::honours_create_if_absent(storage.as_ref())
-        .map_err(|e| Error::from(e).context("probing the storage"))?
-    {
-        let msg = format!(
-            "{} accepted a second create-if-absent write of the same key (If-None-Match: * is ignored): a second \
-             writer could overwrite backups unnoticed",
-            storage.describe()
-        );
-        if !allow_unsafe_storage {
-            return Err(Error::Usage(format!(
-                "{msg}; use a store that honours conditional writes, or --allow-unsafe-storage"
-            )));
-        }
-        log::warn(&format!("{msg}; continuing because of --allow-unsafe-storage"));
     }
     let mut jobs = Vec::new();
     for (db, db_name, db_sync) in &targets {
@@ -174,6 +187,38 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
         o.snapshot_interval = sync.snapshot_interval.unwrap_or(o.snapshot_interval);
         o.new_generation = new_generation;
         jobs.push((db.clone(), o));
+    }
+    Ok(Some(Resolved {
+        storage,
+        config_file,
+        matches,
+        jobs,
+        policy,
+        compact_interval,
+        restore_if_missing,
+        allow_unsafe_storage,
+        json,
+    }))
+}
+
+fn watch(r: Resolved) -> Result<i32> {
+    let Resolved { storage, jobs, policy, compact_interval, restore_if_missing, allow_unsafe_storage, .. } = r;
+    let storage = storage.open_with(true)?;
+    // Fencing rests on create-if-absent; some S3 implementations ignore If-None-Match (FIELD-NOTES 11).
+    if !crate::storage::honours_create_if_absent(storage.as_ref())
+        .map_err(|e| Error::from(e).context("probing the storage"))?
+    {
+        let msg = format!(
+            "{} accepted a second create-if-absent write of the same key (If-None-Match: * is ignored): a second \
+             writer could overwrite backups unnoticed",
+            storage.describe()
+        );
+        if !allow_unsafe_storage {
+            return Err(Error::Usage(format!(
+                "{msg}; use a store that honours conditional writes, or --allow-unsafe-storage"
+            )));
+        }
+        log::warn(&format!("{msg}; continuing because of --allow-unsafe-storage"));
     }
     if restore_if_missing {
         for (db, opts) in &jobs {
