@@ -22,6 +22,9 @@
 //! monthly = 12
 //! compact_interval = "1h"              # optional: watch runs compact
 //!
+//! [metrics]
+//! listen = "127.0.0.1:9090"            # optional: /metrics and /health
+//!
 //! [[databases]]
 //! path = "/data/tenants/*.db"          # a glob in the file name
 //! interval = "5s"                      # per-database overrides of [sync]
@@ -91,6 +94,8 @@ pub struct Config {
     pub sync: Sync,
     pub retention: Retention,
     pub databases: Vec<Database>,
+    /// `[metrics] listen`: address of the /metrics and /health listener (off when unset).
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,6 +197,17 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
                 _ => false,
             },
             "sync" => sync_key(&mut cfg.sync, &value)?,
+            "metrics" => match key {
+                "listen" => {
+                    let a = string(&value)?;
+                    if a.parse::<std::net::SocketAddr>().is_err() {
+                        return Err(err(line, format!("listen: '{a}' is not an address like 127.0.0.1:9090")));
+                    }
+                    cfg.metrics_listen = Some(a);
+                    true
+                }
+                _ => false,
+            },
             "retention" => match key {
                 "hourly" => {
                     cfg.retention.hourly = Some(count(&value)?);
@@ -350,6 +366,9 @@ weekly = 8
 monthly = 6
 compact_interval = "1h"
 
+[metrics]
+listen = "127.0.0.1:9091"
+
 [[databases]]
 path = "/data/app.db"
 name = "main-app"
@@ -372,6 +391,7 @@ snapshot_interval = "2h"
         );
         assert_eq!(c.retention.policy_over(Policy::default()), Policy { hourly: 48, daily: 14, weekly: 8, monthly: 6 });
         assert_eq!(c.retention.compact_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:9091"));
         assert_eq!(c.databases.len(), 2, "a [section] after [[databases]] does not swallow the next table");
         assert_eq!(c.databases[0].path, "/data/tenants/*.db");
         assert_eq!(c.databases[0].sync.interval, Some(Duration::from_secs(5)));
@@ -401,6 +421,7 @@ snapshot_interval = "2h"
             ("[sync]\ninterval = \"1s\"\ninterval = \"2s\"\n", "t.toml:3: interval is set twice (first on line 2)"),
             ("[sync]\ninterval\n", "t.toml:2: expected key = value"),
             ("[[tenants]]\n", "t.toml:1: unknown table array [[tenants]]"),
+            ("[metrics]\nlisten = \"localhost\"\n", "t.toml:2: listen: 'localhost' is not an address"),
         ];
         for (text, want) in cases {
             let e = parse(text, "t.toml").unwrap_err().to_string();

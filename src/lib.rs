@@ -9,6 +9,7 @@ pub mod error;
 pub mod hadbp;
 pub mod keys;
 pub mod log;
+pub mod metrics;
 pub mod object;
 pub mod remote;
 pub mod restore;

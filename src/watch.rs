@@ -117,6 +117,12 @@ pub struct Watcher {
     last_pin: Instant,
     /// Inside a forced checkpoint (the write lock is held).
     forcing: bool,
+    /// Where the loop publishes its numbers (metrics/health), if anywhere.
+    metrics: Option<Arc<crate::metrics::Registry>>,
+    /// Last iteration that ended caught up (ms since the epoch), and since when something waits to be shipped.
+    last_caught_up_ms: u64,
+    dirty_since: Option<Instant>,
+    errors: u64,
     /// A changeset whose upload failed: it is retried with the same frames and commit time, so that a PUT that
     /// landed although its answer was lost is found under the same key (never two objects for one seq).
     inflight: Option<Inflight>,
@@ -186,6 +192,10 @@ impl Watcher {
             last_wal_stat: (u64::MAX, 0, 0),
             last_pin: Instant::now(),
             forcing: false,
+            metrics: None,
+            last_caught_up_ms: 0,
+            dirty_since: None,
+            errors: 0,
             inflight: None,
             stats: WatchStats::default(),
         };
@@ -457,6 +467,8 @@ impl Watcher {
             }
             self.sync(force)?;
         } else if self.inflight.is_none() && self.last_pin.elapsed() >= REPIN_INTERVAL {
+            // An idle database is also checked for deletion or replacement now and then (its WAL never changes).
+            self.check_not_replaced()?;
             // Caught up and nothing changed: move the pin to the current end. If the application has backfilled
             // everything (its own checkpoint, perhaps a TRUNCATE now waiting for readers), the new pin lands on
             // read mark 0 and lets that checkpoint restart the WAL. Safe because nothing unshipped is in the WAL.
@@ -465,7 +477,38 @@ impl Watcher {
         }
         self.serve_snapshot_request()?;
         self.maybe_snapshot()?;
+        if self.last_wal_stat.0 != u64::MAX && self.inflight.is_none() {
+            self.last_caught_up_ms = now_ms();
+            self.dirty_since = None;
+        } else {
+            self.dirty_since.get_or_insert_with(Instant::now);
+        }
         Ok(())
+    }
+
+    /// Publishes this database's numbers to `registry` after every loop iteration.
+    pub fn set_metrics(&mut self, registry: Arc<crate::metrics::Registry>) {
+        self.metrics = Some(registry);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let Some(r) = &self.metrics else { return };
+        r.publish(
+            &self.opts.name,
+            crate::metrics::DbMetrics {
+                last_sync_ms: self.last_caught_up_ms,
+                lag_seconds: self.dirty_since.map(|d| d.elapsed().as_secs_f64()).unwrap_or(0.0),
+                wal_bytes: self.wal.metadata().map(|m| m.len()).unwrap_or(0),
+                seq: self.seq,
+                changesets: self.stats.changesets,
+                snapshots: self.stats.snapshots,
+                bytes_uploaded: self.stats.bytes_uploaded,
+                checkpoints: self.stats.checkpoints,
+                errors: self.errors,
+                failed: None,
+            },
+        );
     }
 
     /// Reads and ships everything committed after the cursor.
@@ -728,7 +771,13 @@ impl Watcher {
     pub fn run(&mut self, stop: &AtomicBool) -> Result<()> {
         let mut failures: u32 = 0;
         while !stop.load(Ordering::Relaxed) {
-            match self.tick(false) {
+            let r = self.tick(false);
+            if r.is_err() {
+                self.errors += 1;
+                self.dirty_since.get_or_insert_with(Instant::now);
+            }
+            self.publish();
+            match r {
                 Ok(()) => failures = 0,
                 Err(e) if retryable(&e) => {
                     failures += 1;
@@ -769,6 +818,10 @@ impl Watcher {
 
     pub fn db_path(&self) -> &Path {
         &self.db_path
+    }
+
+    pub fn sync_interval(&self) -> Duration {
+        self.opts.sync_interval
     }
 
     /// The database's name in the bucket.

@@ -594,3 +594,90 @@ fn explain_shows_the_resolved_plan_without_secrets_or_requests() {
     assert!(json.contains("\"idle_requests_per_month\":0") && !json.contains("super-secret-value"), "{json}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// Metrics and health; a database deleted under watch stops (health 503 naming it) while the other keeps
+/// replicating; exit code 1 at the end.
+#[test]
+fn metrics_health_and_one_failing_database_does_not_stall_the_other() {
+    let dir = temp_dir("metrics");
+    let (a, bdb) = (dir.join("a.db"), dir.join("b.db"));
+    ok(&workload(&a, &["--txns", "10", "--seed", "1"]));
+    ok(&workload(&bdb, &["--txns", "10", "--seed", "2"]));
+    let backend = Backend::file(&dir);
+    let log = dir.join("watch.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(walrust_bin())
+        .args(["watch", a.to_str().unwrap(), bdb.to_str().unwrap(), "--metrics-addr", "127.0.0.1:0"])
+        .args(backend.args())
+        .args(["--interval", "50ms", "--check-interval", "20ms"])
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        if let Some(l) = log_text(&log).lines().find(|l| l.contains("serving /metrics")) {
+            break l.rsplit("http://").next().unwrap().trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "{}", log_text(&log));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ok(&workload(&a, &["--txns", "30", "--seed", "3"]));
+    std::thread::sleep(Duration::from_millis(400));
+    let (status, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    for needle in [
+        "walrust_changesets_total{db=\"a\"}",
+        "walrust_last_sync_timestamp_seconds{db=\"b\"}",
+        "walrust_replication_lag_seconds{db=\"a\"} 0",
+        "walrust_wal_bytes{db=\"a\"}",
+        "walrust_storage_requests_total{kind=\"put\"}",
+        "walrust_failed{db=\"b\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} in {metrics}");
+    }
+    assert_eq!(http_get(&addr, "/health"), (200, "ok\n".to_string()));
+
+    // b is deleted under watch: it stops, a goes on.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = bdb.as_os_str().to_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http_get(&addr, "/health");
+        if status == 503 {
+            assert!(body.contains("b: stopped"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "health never failed: {}", log_text(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = a_changesets(&http_get(&addr, "/metrics").1);
+    ok(&workload(&a, &["--txns", "30", "--seed", "4", "--pause-ms", "5"]));
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(a_changesets(&http_get(&addr, "/metrics").1) > before, "a keeps replicating");
+    assert_eq!(stop(child, 30), 1, "one database failed: {}", log_text(&log));
+    let out = dir.join("a-restored.db");
+    restore_ok(&backend, "a", &out, &[]);
+    assert_eq!(digest(&out), digest(&a));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn a_changesets(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("walrust_changesets_total{db=\"a\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -33,6 +33,7 @@ Options:
                                has no record of writing (taking over a name)
       --restore-if-missing     restore a database that does not exist from its latest backup first, then
                                continue its chain (new machines, init containers)
+      --metrics-addr ADDR      serve /metrics (Prometheus) and /health on ADDR, e.g. 127.0.0.1:9090 (default off)
       --allow-unsafe-storage   run even if the storage ignores conditional writes (no fencing)
       --compact-interval D     run `walrust compact` (GFS retention) for each database every D (default off)
       --keep-hourly N, --keep-daily N, --keep-weekly N, --keep-monthly N
@@ -56,6 +57,8 @@ pub(crate) struct Resolved {
     pub compact_interval: Option<std::time::Duration>,
     pub restore_if_missing: bool,
     pub allow_unsafe_storage: bool,
+    /// `--metrics-addr` or `[metrics] listen`.
+    pub metrics_addr: Option<String>,
     /// `--json` (explain only).
     pub json: bool,
 }
@@ -79,6 +82,7 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
     let mut new_generation = false;
     let mut restore_if_missing = false;
     let mut allow_unsafe_storage = false;
+    let mut metrics_addr: Option<String> = None;
     let mut compact_interval: Option<std::time::Duration> = None;
     let mut keep = config::Retention::default();
     while let Some(arg) = parser.next().map_err(usage)? {
@@ -99,6 +103,7 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
             lexopt::Arg::Long("new-generation") => new_generation = true,
             lexopt::Arg::Long("restore-if-missing") => restore_if_missing = true,
             lexopt::Arg::Long("allow-unsafe-storage") => allow_unsafe_storage = true,
+            lexopt::Arg::Long("metrics-addr") => metrics_addr = Some(value_string(&mut parser)?),
             lexopt::Arg::Long("compact-interval") => {
                 compact_interval = Some(parse_duration("--compact-interval", &value_string(&mut parser)?)?)
             }
@@ -197,12 +202,22 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
         compact_interval,
         restore_if_missing,
         allow_unsafe_storage,
+        metrics_addr: metrics_addr.or(cfg.metrics_listen.clone()),
         json,
     }))
 }
 
 fn watch(r: Resolved) -> Result<i32> {
-    let Resolved { storage, jobs, policy, compact_interval, restore_if_missing, allow_unsafe_storage, .. } = r;
+    let Resolved {
+        storage,
+        jobs,
+        policy,
+        compact_interval,
+        restore_if_missing,
+        allow_unsafe_storage,
+        metrics_addr,
+        ..
+    } = r;
     let storage = storage.open_with(true)?;
     // Fencing rests on create-if-absent; some S3 implementations ignore If-None-Match (FIELD-NOTES 11).
     if !crate::storage::honours_create_if_absent(storage.as_ref())
@@ -249,6 +264,23 @@ fn watch(r: Resolved) -> Result<i32> {
         watchers.push(w);
     }
     log::info(&format!("watching {} database(s) into {}", watchers.len(), storage.describe()));
+    let registry = match &metrics_addr {
+        Some(addr) => {
+            // Unhealthy when a database has not been caught up for 10 sync intervals (at least a minute).
+            let slowest = watchers.iter().map(|w| w.sync_interval()).max().unwrap_or_default();
+            let registry = crate::metrics::Registry::new(
+                Arc::clone(&storage),
+                (slowest * 10).max(std::time::Duration::from_secs(60)),
+            );
+            for w in &mut watchers {
+                w.set_metrics(Arc::clone(&registry));
+            }
+            let bound = crate::metrics::serve(addr, Arc::clone(&registry))?;
+            log::info(&format!("serving /metrics and /health on http://{bound}"));
+            Some(registry)
+        }
+        None => None,
+    };
     let failed = Arc::new(AtomicBool::new(false));
     let names: Vec<String> = watchers.iter().map(|w| w.name().to_string()).collect();
     let results: Vec<Result<()>> = std::thread::scope(|s| {
@@ -286,6 +318,7 @@ fn watch(r: Resolved) -> Result<i32> {
             .map(|mut w| {
                 let stop = Arc::clone(&stop);
                 let failed = Arc::clone(&failed);
+                let registry = registry.clone();
                 std::thread::Builder::new()
                     .name(format!("walrust-db-{}", w.db_path().display()))
                     .stack_size(256 * 1024)
@@ -294,6 +327,9 @@ fn watch(r: Resolved) -> Result<i32> {
                         if let Err(e) = &r {
                             log::error(&format!("{}: {e}", w.db_path().display()));
                             failed.store(true, Ordering::Relaxed);
+                            if let Some(reg) = &registry {
+                                reg.update(w.name(), |m| m.failed = Some(e.to_string()));
+                            }
                         }
                         r.map_err(|e| e.context(w.db_path().display()))
                     })
