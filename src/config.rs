@@ -134,10 +134,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
         }
         if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             let name = name.trim();
-            if !matches!(name, "s3" | "sync" | "retention") {
+            if !matches!(name, "s3" | "sync" | "retention" | "metrics") {
                 return Err(err(
                     line,
-                    format!("unknown section [{name}] (expected [s3], [sync], [retention], [[databases]])"),
+                    format!("unknown section [{name}] (expected [s3], [sync], [retention], [metrics], [[databases]])"),
                 ));
             }
             section = name.to_string();
