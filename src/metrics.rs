@@ -48,6 +48,11 @@ impl Registry {
         self.dbs.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), m);
     }
 
+    /// Forgets a database that is no longer watched.
+    pub fn remove(&self, name: &str) {
+        self.dbs.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
     /// Changes one database's entry in place (e.g. to count an error or mark it failed).
     pub fn update(&self, name: &str, f: impl FnOnce(&mut DbMetrics)) {
         f(self.dbs.lock().unwrap_or_else(|p| p.into_inner()).entry(name.to_string()).or_default());

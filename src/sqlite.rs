@@ -29,6 +29,15 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_millis(2_000);
 
 /// How long walrust waits for the application's writers before taking the write lock for a forced checkpoint.
 pub const WRITE_LOCK_TIMEOUT: Duration = Duration::from_millis(1_000);
+const WRITE_LOCK_POLL: Duration = Duration::from_micros(200);
+
+fn write_lock_busy(tries: i32) -> bool {
+    if (tries as u128) * WRITE_LOCK_POLL.as_micros() >= WRITE_LOCK_TIMEOUT.as_micros() {
+        return false;
+    }
+    std::thread::sleep(WRITE_LOCK_POLL);
+    true
+}
 
 /// Result of a checkpoint: frames in the WAL, frames backfilled into the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +107,11 @@ impl Pins {
         let page_size = check_wal_mode(&a, path)?;
         let b = open_conn(path)?;
         let writer = open_conn(path)?;
-        writer.busy_timeout(WRITE_LOCK_TIMEOUT).map_err(|e| Error::sqlite(format!("opening {}", path.display()), e))?;
+        // SQLite's default busy handler sleeps up to 100 ms between tries and can starve against an application
+        // that commits back to back; this one looks every 200 µs, so it takes the first gap between two commits.
+        writer
+            .busy_handler(Some(write_lock_busy))
+            .map_err(|e| Error::sqlite(format!("opening {}", path.display()), e))?;
         let mut pins = Pins { path: path.to_path_buf(), conns: [a, b], writer, write_locked: false, held: None };
         pins.advance()?;
         Ok((pins, page_size))

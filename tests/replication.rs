@@ -605,8 +605,8 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
-/// Metrics and health; a database deleted under watch stops (health 503 naming it) while the other keeps
-/// replicating; exit code 1 at the end.
+/// Metrics and health; a database replaced by another file under watch stops (health 503 naming it) while the
+/// other keeps replicating; exit code 1 at the end.
 #[test]
 fn metrics_health_and_one_failing_database_does_not_stall_the_other() {
     let dir = temp_dir("metrics");
@@ -647,17 +647,15 @@ fn metrics_health_and_one_failing_database_does_not_stall_the_other() {
     }
     assert_eq!(http_get(&addr, "/health"), (200, "ok\n".to_string()));
 
-    // b is deleted under watch: it stops, a goes on.
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = bdb.as_os_str().to_os_string();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
+    // b is replaced by another file under watch: it stops (health 503 naming it), a goes on.
+    let other = dir.join("other.db");
+    ok(&workload(&other, &["--txns", "5", "--seed", "9"]));
+    std::fs::rename(&other, &bdb).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, body) = http_get(&addr, "/health");
         if status == 503 {
-            assert!(body.contains("b: stopped"), "{body}");
+            assert!(body.contains("b: stopped") && body.contains("replaced"), "{body}");
             break;
         }
         assert!(Instant::now() < deadline, "health never failed: {}", log_text(&log));
@@ -680,4 +678,74 @@ fn a_changesets(metrics: &str) -> u64 {
         .find_map(|l| l.strip_prefix("walrust_changesets_total{db=\"a\"} "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Databases come and go: a new file matching a glob is picked up without a restart, a deleted one is dropped
+/// cleanly, SIGHUP reloads the config (an entry added starts, an entry removed drains and stops), and the
+/// others never stop replicating.
+#[test]
+fn globs_pick_up_new_files_and_sighup_reloads_the_config() {
+    let dir = temp_dir("discovery");
+    let tenants = dir.join("tenants");
+    std::fs::create_dir_all(&tenants).unwrap();
+    for t in ["t1", "t2"] {
+        ok(&workload(&tenants.join(format!("{t}.db")), &["--txns", "10", "--seed", "1"]));
+    }
+    let solo = dir.join("solo.db");
+    ok(&workload(&solo, &["--txns", "10", "--seed", "2"]));
+    let backups = dir.join("backups");
+    let cfg = dir.join("walrust.toml");
+    let head = format!(
+        "[s3]\nbucket = \"file://{}\"\n[sync]\ninterval = \"50ms\"\ncheck_interval = \"20ms\"\n",
+        backups.display()
+    );
+    let glob = format!("[[databases]]\npath = \"{}/*.db\"\n", tenants.display());
+    std::fs::write(&cfg, format!("{head}{glob}")).unwrap();
+    let log = dir.join("watch.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(walrust_bin())
+        .args(["watch", "--config", cfg.to_str().unwrap()])
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !log_text(&log).contains(needle) {
+            assert!(Instant::now() < deadline, "waiting for '{needle}': {}", log_text(&log));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("watching 2 database(s)");
+    let b = Backend { url: format!("file://{}", backups.display()), endpoint: None };
+
+    // A new tenant appears.
+    let t3 = tenants.join("t3.db");
+    ok(&workload(&t3, &["--txns", "20", "--seed", "3"]));
+    wait_for("t3.db: new database, now watching it as 't3'");
+    ok(&workload(&t3, &["--txns", "20", "--seed", "4"]));
+    // A tenant is deleted.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = tenants.join("t2.db").into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    wait_for("t2.db: the database was deleted; no longer watching it");
+    ok(&workload(&tenants.join("t1.db"), &["--txns", "20", "--seed", "5"]));
+
+    // SIGHUP: solo.db is added, the tenants' glob is removed.
+    std::fs::write(&cfg, format!("{head}[[databases]]\npath = \"{}\"\n", solo.display())).unwrap();
+    signal(&child, "-HUP");
+    wait_for("configuration reloaded (SIGHUP)");
+    wait_for("solo.db: new database, now watching it as 'solo'");
+    wait_for("t1.db: no longer configured; stopped after shipping");
+    ok(&workload(&solo, &["--txns", "20", "--seed", "6"]));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stop(child, 30), 0, "{}", log_text(&log));
+
+    for (name, db) in [("t1", tenants.join("t1.db")), ("t3", t3.clone()), ("solo", solo.clone())] {
+        let out = dir.join(format!("{name}-restored.db"));
+        restore_ok(&b, name, &out, &[]);
+        assert_eq!(digest(&out), digest(&db), "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

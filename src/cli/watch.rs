@@ -49,6 +49,8 @@ Examples:
 /// What `watch` runs, resolved from its flags and the config file (also what `explain` shows).
 pub(crate) struct Resolved {
     pub storage: StorageArgs,
+    pub config: config::Config,
+    pub discovery: Discovery,
     pub config_file: Option<PathBuf>,
     /// Each `[[databases]]` path or glob (or command-line DB) and the files it matches now.
     pub matches: Vec<(String, Vec<PathBuf>)>,
@@ -149,52 +151,18 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
     let compact_interval = compact_interval.or(cfg.retention.compact_interval);
     let policy = keep.policy_over(cfg.retention.policy_over(crate::compact::Policy::default()));
 
-    // (path, name, per-database sync settings from the file)
-    let mut targets: Vec<(PathBuf, Option<String>, config::Sync)> = Vec::new();
-    let mut matches = Vec::new();
-    if dbs.is_empty() {
-        for d in &cfg.databases {
-            let files = config::expand(d)?;
-            if files.is_empty() {
-                log::warn(&format!("{}: matches no database yet", d.path));
-            }
-            matches.push((d.path.clone(), files.clone()));
-            targets.extend(files.into_iter().map(|f| (f, d.name.clone(), d.sync.clone())));
-        }
-    } else {
-        if name.is_some() && dbs.len() > 1 {
-            return Err(Error::Usage("--name applies to a single database".into()));
-        }
-        matches.extend(dbs.iter().map(|d| (d.display().to_string(), vec![d.clone()])));
-        targets.extend(dbs.iter().map(|d| (d.clone(), name.clone(), config::Sync::default())));
+    if !dbs.is_empty() && name.is_some() && dbs.len() > 1 {
+        return Err(Error::Usage("--name applies to a single database".into()));
     }
-    if targets.is_empty() {
+    let discovery = Discovery { cli_dbs: dbs, cli_name: name, cli_sync, new_generation };
+    let (matches, jobs) = discovery.jobs(&cfg, true)?;
+    if jobs.is_empty() {
         return Err(Error::Usage("missing DB (see walrust watch --help), or [[databases]] in walrust.toml".into()));
-    }
-    let mut jobs = Vec::new();
-    for (db, db_name, db_sync) in &targets {
-        let n = match db_name {
-            Some(n) => n.clone(),
-            None => keys::name_from_path(db)
-                .ok_or_else(|| Error::Usage(format!("{}: cannot derive a name; use --name", db.display())))?,
-        };
-        if !keys::valid_name(&n) {
-            return Err(Error::Usage(format!("invalid name '{n}' (letters, digits, '.', '_', '-')")));
-        }
-        if jobs.iter().any(|(_, o): &(PathBuf, WatchOptions)| o.name == n) {
-            return Err(Error::Usage(format!("two databases would be stored under the name '{n}'")));
-        }
-        // Flags override the database's own settings, which override [sync], which override the defaults.
-        let sync = cli_sync.over(&db_sync.over(&cfg.sync));
-        let mut o = WatchOptions::new(n);
-        o.sync_interval = sync.interval.unwrap_or(o.sync_interval);
-        o.check_interval = sync.check_interval.unwrap_or(o.check_interval);
-        o.snapshot_interval = sync.snapshot_interval.unwrap_or(o.snapshot_interval);
-        o.new_generation = new_generation;
-        jobs.push((db.clone(), o));
     }
     Ok(Some(Resolved {
         storage,
+        config: cfg.clone(),
+        discovery,
         config_file,
         matches,
         jobs,
@@ -207,9 +175,108 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
     }))
 }
 
+/// Each `[[databases]]` path or glob (or command-line DB) with the files it matches now.
+pub(crate) type Matches = Vec<(String, Vec<PathBuf>)>;
+/// The databases to watch, with their settings.
+pub(crate) type Jobs = Vec<(PathBuf, WatchOptions)>;
+
+/// Turns the command line and the config file into the databases to watch; run again to pick up new files that
+/// match a glob, and after a SIGHUP with the re-read file.
+pub(crate) struct Discovery {
+    cli_dbs: Vec<PathBuf>,
+    cli_name: Option<String>,
+    cli_sync: config::Sync,
+    new_generation: bool,
+}
+
+impl Discovery {
+    /// Databases named on the command line are fixed; `[[databases]]` entries are re-expanded each time.
+    pub fn is_dynamic(&self) -> bool {
+        self.cli_dbs.is_empty()
+    }
+
+    /// Each path or glob with what it matches now, and the jobs. `warn_empty` logs globs that match nothing.
+    pub fn jobs(&self, cfg: &config::Config, warn_empty: bool) -> Result<(Matches, Jobs)> {
+        // (path, name, per-database sync settings from the file)
+        let mut targets: Vec<(PathBuf, Option<String>, config::Sync)> = Vec::new();
+        let mut matches = Vec::new();
+        if self.cli_dbs.is_empty() {
+            for d in &cfg.databases {
+                let files = config::expand(d)?;
+                if files.is_empty() && warn_empty {
+                    log::warn(&format!("{}: matches no database yet", d.path));
+                }
+                matches.push((d.path.clone(), files.clone()));
+                targets.extend(files.into_iter().map(|f| (f, d.name.clone(), d.sync.clone())));
+            }
+        } else {
+            matches.extend(self.cli_dbs.iter().map(|d| (d.display().to_string(), vec![d.clone()])));
+            targets.extend(self.cli_dbs.iter().map(|d| (d.clone(), self.cli_name.clone(), config::Sync::default())));
+        }
+        let mut jobs = Vec::new();
+        for (db, db_name, db_sync) in &targets {
+            let n = match db_name {
+                Some(n) => n.clone(),
+                None => keys::name_from_path(db)
+                    .ok_or_else(|| Error::Usage(format!("{}: cannot derive a name; use --name", db.display())))?,
+            };
+            if !keys::valid_name(&n) {
+                return Err(Error::Usage(format!("invalid name '{n}' (letters, digits, '.', '_', '-')")));
+            }
+            if jobs.iter().any(|(_, o): &(PathBuf, WatchOptions)| o.name == n) {
+                return Err(Error::Usage(format!("two databases would be stored under the name '{n}'")));
+            }
+            // Flags override the database's own settings, which override [sync], which override the defaults.
+            let sync = self.cli_sync.over(&db_sync.over(&cfg.sync));
+            let mut o = WatchOptions::new(n);
+            o.sync_interval = sync.interval.unwrap_or(o.sync_interval);
+            o.check_interval = sync.check_interval.unwrap_or(o.check_interval);
+            o.snapshot_interval = sync.snapshot_interval.unwrap_or(o.snapshot_interval);
+            o.new_generation = self.new_generation;
+            jobs.push((db.clone(), o));
+        }
+        Ok((matches, jobs))
+    }
+}
+
+/// How often `[[databases]]` globs are expanded again to pick up new files.
+const DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A database that could not start (not WAL yet, fenced, storage refusing) is tried again after this long.
+const RETRY_FAILED: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One watcher thread.
+struct Running {
+    name: String,
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Result<()>>,
+}
+
+fn spawn_watcher(mut w: Watcher, registry: &Option<Arc<crate::metrics::Registry>>) -> Result<Running> {
+    if let Some(r) = registry {
+        w.set_metrics(Arc::clone(r));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let name = w.name().to_string();
+    let thread_stop = Arc::clone(&stop);
+    let handle = std::thread::Builder::new()
+        .name(format!("walrust-db-{name}"))
+        .stack_size(256 * 1024)
+        .spawn(move || w.run(&thread_stop).map_err(|e| e.context(w.db_path().display())))
+        .map_err(|e| Error::io("starting a watcher thread", e))?;
+    Ok(Running { name, stop, handle })
+}
+
+fn join(r: Running) -> Result<()> {
+    r.handle.join().unwrap_or_else(|_| Err(Error::Other("watcher thread panicked".into())))
+}
+
 fn watch(r: Resolved) -> Result<i32> {
     let Resolved {
         storage,
+        config,
+        discovery,
+        config_file,
         jobs,
         policy,
         compact_interval,
@@ -281,22 +348,20 @@ fn watch(r: Resolved) -> Result<i32> {
         }
         None => None,
     };
-    let failed = Arc::new(AtomicBool::new(false));
-    let names: Vec<String> = watchers.iter().map(|w| w.name().to_string()).collect();
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
-        if let Some(every) = compact_interval {
-            let (stop, storage, names) = (Arc::clone(&stop), Arc::clone(&storage), names.clone());
-            let spawned = std::thread::Builder::new()
-                .name("walrust-compact".into())
-                .stack_size(256 * 1024)
-                .spawn_scoped(s, move || {
+    let names = Arc::new(std::sync::Mutex::new(watchers.iter().map(|w| w.name().to_string()).collect::<Vec<_>>()));
+    let compactor = match compact_interval {
+        Some(every) => {
+            let (stop, storage, names) = (Arc::clone(&stop), Arc::clone(&storage), Arc::clone(&names));
+            let spawned =
+                std::thread::Builder::new().name("walrust-compact".into()).stack_size(256 * 1024).spawn(move || {
                     // Off the replication path: a slow or failing compaction never delays shipping.
                     while !stop.load(Ordering::Relaxed) {
                         watch::sleep_until(&stop, every);
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        for name in &names {
+                        let now: Vec<String> = names.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        for name in &now {
                             match crate::compact::compact(storage.as_ref(), name, watch::now_ms(), &policy, false) {
                                 Ok(plan) if !plan.delete.is_empty() => log::info(&format!(
                                     "{name}: compacted: {} objects deleted, {} kept",
@@ -309,45 +374,144 @@ fn watch(r: Resolved) -> Result<i32> {
                         }
                     }
                 });
-            if let Err(e) = spawned {
-                log::warn(&format!("cannot start the compaction thread: {e}"));
+            match spawned {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    log::warn(&format!("cannot start the compaction thread: {e}"));
+                    None
+                }
             }
         }
-        let handles: Vec<_> = watchers
-            .into_iter()
-            .map(|mut w| {
-                let stop = Arc::clone(&stop);
-                let failed = Arc::clone(&failed);
-                let registry = registry.clone();
-                std::thread::Builder::new()
-                    .name(format!("walrust-db-{}", w.db_path().display()))
-                    .stack_size(256 * 1024)
-                    .spawn_scoped(s, move || {
-                        let r = w.run(&stop);
-                        if let Err(e) = &r {
-                            log::error(&format!("{}: {e}", w.db_path().display()));
-                            failed.store(true, Ordering::Relaxed);
-                            if let Some(reg) = &registry {
-                                reg.update(w.name(), |m| m.failed = Some(e.to_string()));
-                            }
-                        }
-                        r.map_err(|e| e.context(w.db_path().display()))
-                    })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| match h {
-                Ok(h) => h.join().unwrap_or_else(|_| Err(Error::Other("watcher thread panicked".into()))),
-                Err(e) => Err(Error::io("starting a watcher thread", e)),
-            })
-            .collect()
-    });
-    let mut first_err = None;
-    for r in results {
-        if let Err(e) = r {
+        None => None,
+    };
+
+    // The supervisor: this thread watches the watchers, picks up new files matching a glob, reloads the config on
+    // SIGHUP, and drops databases that were deleted or removed from the config.
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .map_err(|e| Error::io("installing the SIGHUP handler", e))?;
+    let mut running: std::collections::BTreeMap<PathBuf, Running> = std::collections::BTreeMap::new();
+    for w in watchers {
+        let path = w.db_path().to_path_buf();
+        running.insert(path, spawn_watcher(w, &registry)?);
+    }
+    let mut cfg = config;
+    let mut first_err: Option<Error> = None;
+    // Databases that failed to start or stopped with an error: tried again after RETRY_FAILED.
+    let mut given_up: std::collections::BTreeMap<PathBuf, std::time::Instant> = std::collections::BTreeMap::new();
+    let mut last_discovery = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        watch::sleep_until(&stop, std::time::Duration::from_millis(100));
+        // Watchers that ended on their own: a deleted database is dropped; anything else is a failure.
+        let ended: Vec<PathBuf> =
+            running.iter().filter(|(_, r)| r.handle.is_finished()).map(|(p, _)| p.clone()).collect();
+        for path in ended {
+            let Some(r) = running.remove(&path) else { continue };
+            let name = r.name.clone();
+            names.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| *n != name);
+            match join(r) {
+                Ok(()) => {}
+                Err(_) if !path.exists() => {
+                    log::info(&format!("{}: the database was deleted; no longer watching it", path.display()));
+                    if let Some(reg) = &registry {
+                        reg.remove(&name);
+                    }
+                }
+                Err(e) => {
+                    log::error(&format!("{e}"));
+                    if let Some(reg) = &registry {
+                        reg.update(&name, |m| m.failed = Some(e.to_string()));
+                    }
+                    given_up.insert(path, std::time::Instant::now());
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let reloading = reload.swap(false, Ordering::Relaxed);
+        if !discovery.is_dynamic() || (!reloading && last_discovery.elapsed() < DISCOVERY_INTERVAL) {
+            continue;
+        }
+        last_discovery = std::time::Instant::now();
+        if reloading {
+            match config_file.as_deref().map(config::load) {
+                Some(Ok(c)) => {
+                    if c.bucket != cfg.bucket || c.endpoint != cfg.endpoint {
+                        log::warn("the storage settings changed in the config file; they apply after a restart");
+                    }
+                    cfg = c;
+                    given_up.clear();
+                    log::info("configuration reloaded (SIGHUP)");
+                }
+                Some(Err(e)) => log::warn(&format!("configuration not reloaded: {e}")),
+                None => {}
+            }
+        }
+        let jobs = match discovery.jobs(&cfg, false) {
+            Ok((_, jobs)) => jobs,
+            Err(e) => {
+                log::warn(&format!("cannot list the configured databases: {e}"));
+                continue;
+            }
+        };
+        // Removed from the config: drain and stop.
+        let wanted: std::collections::BTreeSet<&PathBuf> = jobs.iter().map(|(p, _)| p).collect();
+        let removed: Vec<PathBuf> = running.keys().filter(|p| !wanted.contains(p)).cloned().collect();
+        for path in removed {
+            if let Some(r) = running.remove(&path) {
+                r.stop.store(true, Ordering::Relaxed);
+                let name = r.name.clone();
+                names.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| *n != name);
+                if let Some(reg) = &registry {
+                    reg.remove(&name);
+                }
+                match join(r) {
+                    Ok(()) => log::info(&format!("{}: no longer configured; stopped after shipping", path.display())),
+                    Err(e) => log::warn(&format!("{e}")),
+                }
+            }
+        }
+        // New files matching a glob (or entries added to the config).
+        for (path, opts) in jobs {
+            if running.contains_key(&path) || given_up.get(&path).is_some_and(|t| t.elapsed() < RETRY_FAILED) {
+                continue;
+            }
+            if running.values().any(|r| r.name == opts.name) {
+                continue; // the name is taken by a database being replaced; retry on the next round
+            }
+            let name = opts.name.clone();
+            match Watcher::start(&path, Arc::clone(&storage), opts) {
+                Ok(w) => {
+                    log::info(&format!("{}: new database, now watching it as '{name}'", path.display()));
+                    names.lock().unwrap_or_else(|p| p.into_inner()).push(name);
+                    running.insert(path, spawn_watcher(w, &registry)?);
+                }
+                Err(e) => {
+                    log::warn(&format!(
+                        "{}: cannot watch it yet (trying again in {}s): {e}",
+                        path.display(),
+                        RETRY_FAILED.as_secs()
+                    ));
+                    given_up.insert(path, std::time::Instant::now());
+                }
+            }
+        }
+    }
+    // Drain: every watcher ships what is committed.
+    for r in running.values() {
+        r.stop.store(true, Ordering::Relaxed);
+    }
+    for (_, r) in std::mem::take(&mut running) {
+        let name = r.name.clone();
+        if let Err(e) = join(r) {
+            log::error(&format!("{e}"));
+            if let Some(reg) = &registry {
+                reg.update(&name, |m| m.failed = Some(e.to_string()));
+            }
             first_err.get_or_insert(e);
         }
+    }
+    if let Some(h) = compactor {
+        let _ = h.join();
     }
     match first_err {
         Some(e) => Err(e),
