@@ -25,6 +25,9 @@
 //! [metrics]
 //! listen = "127.0.0.1:9090"            # optional: /metrics and /health
 //!
+//! [webhooks]
+//! url = "https://hooks.example.com/x"  # optional; HMAC key from WALRUST_WEBHOOK_SECRET
+//!
 //! [[databases]]
 //! path = "/data/tenants/*.db"          # a glob in the file name
 //! interval = "5s"                      # per-database overrides of [sync]
@@ -96,6 +99,8 @@ pub struct Config {
     pub databases: Vec<Database>,
     /// `[metrics] listen`: address of the /metrics and /health listener (off when unset).
     pub metrics_listen: Option<String>,
+    /// `[webhooks] url`: where events are POSTed (off when unset; the HMAC key comes from the environment).
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,10 +139,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
         }
         if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             let name = name.trim();
-            if !matches!(name, "s3" | "sync" | "retention" | "metrics") {
+            if !matches!(name, "s3" | "sync" | "retention" | "metrics" | "webhooks") {
                 return Err(err(
                     line,
-                    format!("unknown section [{name}] (expected [s3], [sync], [retention], [metrics], [[databases]])"),
+                    format!("unknown section [{name}] (expected [s3], [sync], [retention], [metrics], [webhooks], [[databases]])"),
                 ));
             }
             section = name.to_string();
@@ -197,6 +202,17 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
                 _ => false,
             },
             "sync" => sync_key(&mut cfg.sync, &value)?,
+            "webhooks" => match key {
+                "url" => {
+                    let u = string(&value)?;
+                    if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        return Err(err(line, format!("url: '{u}' is not an http:// or https:// URL")));
+                    }
+                    cfg.webhook_url = Some(u);
+                    true
+                }
+                _ => false,
+            },
             "metrics" => match key {
                 "listen" => {
                     let a = string(&value)?;
@@ -369,6 +385,9 @@ compact_interval = "1h"
 [metrics]
 listen = "127.0.0.1:9091"
 
+[webhooks]
+url = "https://hooks.example.com/walrust"
+
 [[databases]]
 path = "/data/app.db"
 name = "main-app"
@@ -392,6 +411,7 @@ snapshot_interval = "2h"
         assert_eq!(c.retention.policy_over(Policy::default()), Policy { hourly: 48, daily: 14, weekly: 8, monthly: 6 });
         assert_eq!(c.retention.compact_interval, Some(Duration::from_secs(3600)));
         assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:9091"));
+        assert_eq!(c.webhook_url.as_deref(), Some("https://hooks.example.com/walrust"));
         assert_eq!(c.databases.len(), 2, "a [section] after [[databases]] does not swallow the next table");
         assert_eq!(c.databases[0].path, "/data/tenants/*.db");
         assert_eq!(c.databases[0].sync.interval, Some(Duration::from_secs(5)));
@@ -422,6 +442,7 @@ snapshot_interval = "2h"
             ("[sync]\ninterval\n", "t.toml:2: expected key = value"),
             ("[[tenants]]\n", "t.toml:1: unknown table array [[tenants]]"),
             ("[metrics]\nlisten = \"localhost\"\n", "t.toml:2: listen: 'localhost' is not an address"),
+            ("[webhooks]\nurl = \"ftp://x\"\n", "t.toml:2: url: 'ftp://x' is not an http"),
         ];
         for (text, want) in cases {
             let e = parse(text, "t.toml").unwrap_err().to_string();

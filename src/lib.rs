@@ -19,5 +19,6 @@ pub mod storage;
 pub mod verify;
 pub mod wal;
 pub mod watch;
+pub mod webhook;
 
 pub use error::{Error, Result};

@@ -35,6 +35,9 @@ use crate::state::{state_path, FileStamp, LocalState, Pending, WalPosition, STAT
 use crate::storage::StorageRef;
 use crate::wal::{self, CommittedBatch, WalCursor, WalHeader};
 
+/// Consecutive failed loop iterations (retried with backoff, about a minute) before an `uploads_failing` webhook.
+const FAILURES_BEFORE_WEBHOOK: u32 = 5;
+
 /// How often an idle, caught-up database moves its pin, so that an application's own checkpoint waiting for
 /// readers (TRUNCATE, RESTART, FULL) is held up by walrust for at most about this long.
 const REPIN_INTERVAL: Duration = Duration::from_millis(250);
@@ -119,6 +122,7 @@ pub struct Watcher {
     forcing: bool,
     /// Where the loop publishes its numbers (metrics/health), if anywhere.
     metrics: Option<Arc<crate::metrics::Registry>>,
+    webhooks: Option<crate::webhook::Webhooks>,
     /// Last iteration that ended caught up (ms since the epoch), and since when something waits to be shipped.
     last_caught_up_ms: u64,
     dirty_since: Option<Instant>,
@@ -193,6 +197,7 @@ impl Watcher {
             last_pin: Instant::now(),
             forcing: false,
             metrics: None,
+            webhooks: None,
             last_caught_up_ms: 0,
             dirty_since: None,
             errors: 0,
@@ -484,6 +489,11 @@ impl Watcher {
             self.dirty_since.get_or_insert_with(Instant::now);
         }
         Ok(())
+    }
+
+    /// Sends an `uploads_failing` event when the loop has failed this many times in a row.
+    pub fn set_webhooks(&mut self, w: crate::webhook::Webhooks) {
+        self.webhooks = Some(w);
     }
 
     /// Publishes this database's numbers to `registry` after every loop iteration.
@@ -782,6 +792,11 @@ impl Watcher {
                 Err(e) if retryable(&e) => {
                     failures += 1;
                     log::warn(&format!("{}: {e} (will retry)", self.opts.name));
+                    if failures == FAILURES_BEFORE_WEBHOOK {
+                        if let Some(w) = &self.webhooks {
+                            w.notify("uploads_failing", &self.opts.name, &format!("{failures} attempts in a row: {e}"));
+                        }
+                    }
                     self.last_wal_stat = (u64::MAX, 0, 0);
                     let backoff = Duration::from_millis((500u64 << failures.min(6)).min(30_000));
                     sleep_until(stop, backoff);

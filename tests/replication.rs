@@ -749,3 +749,79 @@ fn globs_pick_up_new_files_and_sighup_reloads_the_config() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A webhook receiver on 127.0.0.1: every request's headers and body, in order.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut headers, mut len) = (String::new(), 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                headers.push_str(&line);
+            }
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send((headers, String::from_utf8_lossy(&body).to_string())).is_err() {
+                break;
+            }
+        }
+    });
+    (url, rx)
+}
+
+/// A database that stops (replaced under watch) sends a `database_stopped` webhook whose HMAC-SHA256 signature
+/// verifies with the shared secret (checked by Python's hmac module, an independent implementation).
+#[test]
+fn a_stopped_database_sends_a_signed_webhook() {
+    let dir = temp_dir("webhook");
+    let (a, bdb) = (dir.join("a.db"), dir.join("b.db"));
+    ok(&workload(&a, &["--txns", "10", "--seed", "1"]));
+    ok(&workload(&bdb, &["--txns", "10", "--seed", "2"]));
+    let (url, events) = webhook_receiver();
+    let backend = Backend::file(&dir);
+    let log = dir.join("watch.log");
+    let child = std::process::Command::new(walrust_bin())
+        .args(["watch", a.to_str().unwrap(), bdb.to_str().unwrap(), "--webhook-url", &url])
+        .args(backend.args())
+        .args(["--interval", "50ms", "--check-interval", "20ms"])
+        .env("WALRUST_WEBHOOK_SECRET", "hook-secret")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let other = dir.join("other.db");
+    ok(&workload(&other, &["--txns", "5", "--seed", "9"]));
+    std::fs::rename(&other, &bdb).unwrap();
+    let (headers, body) = events.recv_timeout(Duration::from_secs(15)).unwrap_or_else(|_| panic!("{}", log_text(&log)));
+    assert!(body.contains("\"event\":\"database_stopped\"") && body.contains("\"database\":\"b\""), "{body}");
+    assert!(body.contains("replaced"), "{body}");
+    let sig = headers
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-walrust-signature: sha256=").map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| panic!("signed: {headers}"));
+    let py = std::process::Command::new("python3")
+        .args(["-c", "import hmac,hashlib,sys; print(hmac.new(b'hook-secret', sys.stdin.buffer.read(), hashlib.sha256).hexdigest())"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut py.stdin.as_ref().unwrap(), body.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), sig, "the signature verifies");
+    assert!(!log_text(&log).contains("hook-secret"));
+    assert_eq!(stop(child, 30), 1, "{}", log_text(&log));
+    let _ = std::fs::remove_dir_all(&dir);
+}

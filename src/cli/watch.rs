@@ -34,6 +34,8 @@ Options:
       --restore-if-missing     restore a database that does not exist from its latest backup first, then
                                continue its chain (new machines, init containers)
       --metrics-addr ADDR      serve /metrics (Prometheus) and /health on ADDR, e.g. 127.0.0.1:9090 (default off)
+      --webhook-url URL        POST events (a database stopped, uploads failing) as JSON, signed with HMAC-SHA256
+                               of WALRUST_WEBHOOK_SECRET in X-Walrust-Signature (default off)
       --allow-unsafe-storage   run even if the storage ignores conditional writes (no fencing)
       --compact-interval D     run `walrust compact` (GFS retention) for each database every D (default off)
       --keep-hourly N, --keep-daily N, --keep-weekly N, --keep-monthly N
@@ -61,6 +63,8 @@ pub(crate) struct Resolved {
     pub allow_unsafe_storage: bool,
     /// `--metrics-addr` or `[metrics] listen`.
     pub metrics_addr: Option<String>,
+    /// `--webhook-url` or `[webhooks] url`.
+    pub webhook_url: Option<String>,
     /// `--json` (explain only).
     pub json: bool,
 }
@@ -85,6 +89,7 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
     let mut restore_if_missing = false;
     let mut allow_unsafe_storage = false;
     let mut metrics_addr: Option<String> = None;
+    let mut webhook_url: Option<String> = None;
     let mut compact_interval: Option<std::time::Duration> = None;
     let mut keep = config::Retention::default();
     while let Some(arg) = parser.next().map_err(usage)? {
@@ -106,6 +111,7 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
             lexopt::Arg::Long("restore-if-missing") => restore_if_missing = true,
             lexopt::Arg::Long("allow-unsafe-storage") => allow_unsafe_storage = true,
             lexopt::Arg::Long("metrics-addr") => metrics_addr = Some(value_string(&mut parser)?),
+            lexopt::Arg::Long("webhook-url") => webhook_url = Some(value_string(&mut parser)?),
             lexopt::Arg::Long("compact-interval") => {
                 compact_interval = Some(parse_duration("--compact-interval", &value_string(&mut parser)?)?)
             }
@@ -171,6 +177,7 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
         restore_if_missing,
         allow_unsafe_storage,
         metrics_addr: metrics_addr.or(cfg.metrics_listen.clone()),
+        webhook_url: webhook_url.or(cfg.webhook_url.clone()),
         json,
     }))
 }
@@ -252,9 +259,16 @@ struct Running {
     handle: std::thread::JoinHandle<Result<()>>,
 }
 
-fn spawn_watcher(mut w: Watcher, registry: &Option<Arc<crate::metrics::Registry>>) -> Result<Running> {
+fn spawn_watcher(
+    mut w: Watcher,
+    registry: &Option<Arc<crate::metrics::Registry>>,
+    webhooks: &Option<crate::webhook::Webhooks>,
+) -> Result<Running> {
     if let Some(r) = registry {
         w.set_metrics(Arc::clone(r));
+    }
+    if let Some(h) = webhooks {
+        w.set_webhooks(h.clone());
     }
     let stop = Arc::new(AtomicBool::new(false));
     let name = w.name().to_string();
@@ -283,8 +297,20 @@ fn watch(r: Resolved) -> Result<i32> {
         restore_if_missing,
         allow_unsafe_storage,
         metrics_addr,
+        webhook_url,
         ..
     } = r;
+    let webhooks = match webhook_url {
+        Some(url) => {
+            let secret = std::env::var("WALRUST_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty());
+            if secret.is_none() {
+                log::warn("webhooks are sent unsigned: set WALRUST_WEBHOOK_SECRET to sign them");
+            }
+            let cfg = crate::webhook::WebhookConfig { url, secret };
+            Some(crate::webhook::Webhooks::start(cfg).map_err(|e| Error::io("starting the webhook thread", e))?)
+        }
+        None => None,
+    };
     let storage = storage.open_with(true)?;
     // Fencing rests on create-if-absent; some S3 implementations ignore If-None-Match (FIELD-NOTES 11).
     if !crate::storage::honours_create_if_absent(storage.as_ref())
@@ -393,7 +419,7 @@ fn watch(r: Resolved) -> Result<i32> {
     let mut running: std::collections::BTreeMap<PathBuf, Running> = std::collections::BTreeMap::new();
     for w in watchers {
         let path = w.db_path().to_path_buf();
-        running.insert(path, spawn_watcher(w, &registry)?);
+        running.insert(path, spawn_watcher(w, &registry, &webhooks)?);
     }
     let mut cfg = config;
     let mut first_err: Option<Error> = None;
@@ -421,6 +447,9 @@ fn watch(r: Resolved) -> Result<i32> {
                     log::error(&format!("{e}"));
                     if let Some(reg) = &registry {
                         reg.update(&name, |m| m.failed = Some(e.to_string()));
+                    }
+                    if let Some(h) = &webhooks {
+                        h.notify("database_stopped", &name, &e.to_string());
                     }
                     given_up.insert(path, std::time::Instant::now());
                     first_err.get_or_insert(e);
@@ -483,7 +512,7 @@ fn watch(r: Resolved) -> Result<i32> {
                 Ok(w) => {
                     log::info(&format!("{}: new database, now watching it as '{name}'", path.display()));
                     names.lock().unwrap_or_else(|p| p.into_inner()).push(name);
-                    running.insert(path, spawn_watcher(w, &registry)?);
+                    running.insert(path, spawn_watcher(w, &registry, &webhooks)?);
                 }
                 Err(e) => {
                     log::warn(&format!(
