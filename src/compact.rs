@@ -115,6 +115,21 @@ pub struct KeptPoint {
     pub reasons: Vec<Reason>,
 }
 
+impl KeptPoint {
+    /// `{"generation", "seq", "commit_time", "commit_ms", "reasons"}` (decision object and `compact --json`).
+    pub fn to_json(&self) -> String {
+        let r: Vec<String> = self.reasons.iter().map(|r| json_string(r.as_str())).collect();
+        format!(
+            "{{\"generation\":\"{:016x}\",\"seq\":{},\"commit_time\":{},\"commit_ms\":{},\"reasons\":[{}]}}",
+            self.generation,
+            self.seq,
+            json_string(&fmt_ms(self.commit_ms)),
+            self.commit_ms,
+            r.join(",")
+        )
+    }
+}
+
 /// The pure result of the policy over a list of keys: `keep[i]` for `keys[i]`, and the kept points, oldest first.
 #[derive(Debug, Clone)]
 pub struct Selection {
@@ -326,21 +341,7 @@ impl Plan {
 
     /// The decision object's JSON: policy, kept points and the keys to delete.
     pub fn to_json(&self) -> String {
-        let points: Vec<String> = self
-            .points
-            .iter()
-            .map(|p| {
-                let r: Vec<String> = p.reasons.iter().map(|r| json_string(r.as_str())).collect();
-                format!(
-                    "{{\"generation\":\"{:016x}\",\"seq\":{},\"commit_time\":{},\"commit_ms\":{},\"reasons\":[{}]}}",
-                    p.generation,
-                    p.seq,
-                    json_string(&fmt_ms(p.commit_ms)),
-                    p.commit_ms,
-                    r.join(",")
-                )
-            })
-            .collect();
+        let points: Vec<String> = self.points.iter().map(KeptPoint::to_json).collect();
         let delete: Vec<String> = self.delete.iter().map(|e| json_string(&e.key_str)).collect();
         format!(
             "{{\"name\":{},\"now\":{},\"now_ms\":{},\"policy\":{{\"hourly\":{},\"daily\":{},\"weekly\":{},\"monthly\":{}}},\"kept_points\":[{}],\"kept_objects\":{},\"kept_bytes\":{},\"delete_count\":{},\"delete_bytes\":{},\"generations_deleted\":{},\"delete\":[{}]}}",

@@ -116,6 +116,21 @@ pub fn load(path: &Path) -> Result<Config> {
     parse(&text, &path.display().to_string())
 }
 
+/// The config file a command uses: `explicit` (`--config`), else `./walrust.toml` when `implicit_ok` and it
+/// exists, else none (an empty config). Returns the path read, if any.
+pub fn find(explicit: Option<PathBuf>, implicit_ok: bool) -> Result<(Option<PathBuf>, Config)> {
+    let path = match explicit {
+        Some(p) => Some(p),
+        None if implicit_ok && Path::new("walrust.toml").is_file() => Some(PathBuf::from("walrust.toml")),
+        None => None,
+    };
+    let cfg = match &path {
+        Some(p) => load(p)?,
+        None => Config::default(),
+    };
+    Ok((path, cfg))
+}
+
 /// Parses config text; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Config> {
     let err = |line: usize, msg: String| Error::Usage(format!("{origin}:{line}: {msg}"));

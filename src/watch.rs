@@ -98,6 +98,7 @@ pub struct Watcher {
     state_path: PathBuf,
     /// `walrust snapshot` asks a running watch for a snapshot by creating this file.
     snapshot_request: PathBuf,
+    last_request_check: Instant,
     _lock: File,
     pins: Pins,
     page_size: u32,
@@ -177,6 +178,7 @@ impl Watcher {
             db_path,
             wal_path,
             snapshot_request,
+            last_request_check: Instant::now(),
             state_path,
             _lock: lock,
             pins,
@@ -698,9 +700,14 @@ impl Watcher {
         self.checkpoint_and_repin()
     }
 
-    /// A snapshot asked for by `walrust snapshot` (a stat per tick). The request file is removed only once the
-    /// snapshot is stored; until then every tick tries again.
+    /// A snapshot asked for by `walrust snapshot` (a stat every 250 ms). The request file is removed only once the
+    /// snapshot is stored; until then it tries again every 250 ms.
     fn serve_snapshot_request(&mut self) -> Result<()> {
+        // At most one stat per REPIN_INTERVAL: with many databases the loop runs often and this is rarely true.
+        if self.last_request_check.elapsed() < REPIN_INTERVAL {
+            return Ok(());
+        }
+        self.last_request_check = Instant::now();
         if !self.snapshot_request.exists() {
             return Ok(());
         }

@@ -85,7 +85,9 @@ fn send(agent: &ureq::Agent, cfg: &WebhookConfig, body: &str) {
             Ok(r) => log::warn(&format!("webhook answered HTTP {} (attempt {attempt})", r.status().as_u16())),
             Err(e) => log::warn(&format!("webhook failed (attempt {attempt}): {e}")),
         }
-        std::thread::sleep(Duration::from_millis(200u64 << attempt.min(6)));
+        if attempt < ATTEMPTS {
+            std::thread::sleep(Duration::from_millis(200u64 << attempt.min(6)));
+        }
     }
     log::warn("webhook: giving up on an event");
 }

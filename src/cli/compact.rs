@@ -70,36 +70,14 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     }
     let name = name.ok_or_else(|| Error::Usage("missing NAME (see walrust compact --help)".into()))?;
     // Retention and storage from --config (or ./walrust.toml when -b is not given); flags override the file.
-    let cfg = match &config_path {
-        Some(p) => crate::config::load(p)?,
-        None if std::path::Path::new("walrust.toml").is_file() => {
-            crate::config::load(std::path::Path::new("walrust.toml"))?
-        }
-        None => crate::config::Config::default(),
-    };
-    storage.bucket = storage.bucket.or(cfg.bucket.clone());
-    storage.endpoint = storage.endpoint.or(cfg.endpoint.clone());
+    let (_, cfg) = crate::config::find(config_path, storage.bucket.is_none())?;
+    storage.fill_from(&cfg);
     let policy = keep.policy_over(cfg.retention.policy_over(Policy::default()));
-    let now = now.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-    });
+    let now = now.unwrap_or_else(crate::watch::now_ms);
     let storage = storage.open()?;
     let plan = compact::compact(storage.as_ref(), &name, now, &policy, dry_run)?;
     if json {
-        let points: Vec<String> = plan
-            .points
-            .iter()
-            .map(|p| {
-                let r: Vec<String> = p.reasons.iter().map(|r| json_string(r.as_str())).collect();
-                format!(
-                    "{{\"generation\":\"{:016x}\",\"seq\":{},\"commit_time\":{},\"reasons\":[{}]}}",
-                    p.generation,
-                    p.seq,
-                    json_string(&fmt_ms(p.commit_ms)),
-                    r.join(",")
-                )
-            })
-            .collect();
+        let points: Vec<String> = plan.points.iter().map(compact::KeptPoint::to_json).collect();
         let decision =
             if dry_run || plan.delete.is_empty() { "null".to_string() } else { json_string(&plan.decision_key()) };
         println!(

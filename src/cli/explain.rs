@@ -58,11 +58,7 @@ pub fn run(parser: lexopt::Parser) -> Result<i32> {
         Location::File { .. } => ("(local directory)".to_string(), "-".to_string(), "none needed".to_string()),
         Location::S3 { .. } => {
             let s = credentials::resolve()?;
-            let endpoint = storage
-                .endpoint
-                .clone()
-                .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok().filter(|v| !v.is_empty()))
-                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok().filter(|v| !v.is_empty()))
+            let endpoint = storage::s3::endpoint_or_env(storage.endpoint.clone())
                 .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", s.region));
             let creds = match (&s.credentials, &s.provider) {
                 (Some(c), _) => format!("{} (access key {})", c.source, c.access_key_id),

@@ -75,6 +75,12 @@ pub(crate) struct StorageArgs {
 }
 
 impl StorageArgs {
+    /// Takes the bucket and endpoint from the config file where no flag gave them.
+    pub fn fill_from(&mut self, cfg: &crate::config::Config) {
+        self.bucket = self.bucket.take().or_else(|| cfg.bucket.clone());
+        self.endpoint = self.endpoint.take().or_else(|| cfg.endpoint.clone());
+    }
+
     /// Opens the storage for reading: a missing `file://` directory is an error.
     pub fn open(&self) -> Result<StorageRef> {
         self.open_with(false)

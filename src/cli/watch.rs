@@ -143,17 +143,8 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
         }
     }
     // The config file: --config, else ./walrust.toml when no database is named on the command line.
-    let config_file = match config_path {
-        Some(p) => Some(p),
-        None if dbs.is_empty() && std::path::Path::new("walrust.toml").is_file() => Some(PathBuf::from("walrust.toml")),
-        None => None,
-    };
-    let cfg = match &config_file {
-        Some(p) => config::load(p)?,
-        None => config::Config::default(),
-    };
-    storage.bucket = storage.bucket.or(cfg.bucket.clone());
-    storage.endpoint = storage.endpoint.or(cfg.endpoint.clone());
+    let (config_file, cfg) = config::find(config_path, dbs.is_empty())?;
+    storage.fill_from(&cfg);
     let compact_interval = compact_interval.or(cfg.retention.compact_interval);
     let policy = keep.policy_over(cfg.retention.policy_over(crate::compact::Policy::default()));
 

@@ -56,6 +56,12 @@ fn to_signing(c: AwsCredentials) -> Credentials {
     }
 }
 
+/// `--endpoint`, else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL; `None` means AWS itself.
+pub fn endpoint_or_env(explicit: Option<String>) -> Option<String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+    explicit.or_else(|| var("AWS_ENDPOINT_URL_S3")).or_else(|| var("AWS_ENDPOINT_URL"))
+}
+
 pub struct S3Storage {
     bucket: Bucket,
     prefix: String,
@@ -106,11 +112,7 @@ impl S3Storage {
     /// Resolves endpoint, region and credentials from `opts` and the environment.
     pub fn open(bucket: &str, prefix: &str, opts: &OpenOptions) -> Result<Self> {
         let settings = credentials::resolve()?;
-        let endpoint = opts
-            .endpoint
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok().filter(|s| !s.is_empty()))
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok().filter(|s| !s.is_empty()));
+        let endpoint = endpoint_or_env(opts.endpoint.clone());
         Self::with_settings(bucket, prefix, endpoint.as_deref(), settings, opts.retry.clone())
     }
 
