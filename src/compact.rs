@@ -87,14 +87,20 @@ impl Default for Policy {
 /// Why a point is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
+    /// Committed inside the window (`commit_ms >= now - hourly` hours): kept exactly.
     Window,
+    /// The newest point older than the window start in one of the `daily` UTC days kept.
     Daily,
+    /// The newest point older than the window start in one of the `weekly` ISO weeks kept.
     Weekly,
+    /// The newest point older than the window start in one of the `monthly` calendar months (UTC) kept.
     Monthly,
+    /// The newest point overall (what a restore without a point in time reproduces); always kept.
     Newest,
 }
 
 impl Reason {
+    /// The lowercase name used in JSON output (`"window"`, `"daily"`, `"weekly"`, `"monthly"`, `"newest"`).
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Window => "window",
@@ -109,9 +115,13 @@ impl Reason {
 /// A restore point the compaction keeps restorable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptPoint {
+    /// The generation the point belongs to.
     pub generation: u64,
+    /// The point's sequence number within its generation.
     pub seq: u64,
+    /// Commit time of the point's newest transaction, ms since the Unix epoch (from its key).
     pub commit_ms: u64,
+    /// Every rule that keeps it, ascending and without duplicates; never empty.
     pub reasons: Vec<Reason>,
 }
 
@@ -133,7 +143,9 @@ impl KeptPoint {
 /// The pure result of the policy over a list of keys: `keep[i]` for `keys[i]`, and the kept points, oldest first.
 #[derive(Debug, Clone)]
 pub struct Selection {
+    /// One flag per input key, same order: true when the object must be kept.
     pub keep: Vec<bool>,
+    /// The kept points, sorted by (generation, seq, commit_ms).
     pub points: Vec<KeptPoint>,
 }
 
@@ -317,19 +329,26 @@ pub fn deletion_order(keys: &[ObjectKey], keep: &[bool]) -> Vec<usize> {
 /// What a compaction decided, from LISTs only.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The database name the plan is for.
     pub name: String,
+    /// The time the policy was applied at, ms since the Unix epoch.
     pub now_ms: u64,
+    /// The retention policy applied.
     pub policy: Policy,
+    /// The points kept restorable, sorted by (generation, seq, commit_ms).
     pub points: Vec<KeptPoint>,
     /// The objects to delete, in deletion order.
     pub delete: Vec<Entry>,
     /// Generations deleted entirely.
     pub generations_deleted: usize,
+    /// Number of objects kept.
     pub kept_objects: usize,
+    /// Total size of the kept objects, in bytes (as listed).
     pub kept_bytes: u64,
 }
 
 impl Plan {
+    /// Total size of the objects to delete, in bytes (as listed).
     pub fn delete_bytes(&self) -> u64 {
         self.delete.iter().map(|e| e.size).sum()
     }

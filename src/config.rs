@@ -31,6 +31,11 @@
 //! [[databases]]
 //! path = "/data/tenants/*.db"          # a glob in the file name
 //! interval = "5s"                      # per-database overrides of [sync]
+//!
+//! [[replicas]]                         # read by `walrust replicate --config` (one thread each)
+//! name = "app"                         # the database's name in the bucket
+//! local = "/srv/app-replica.db"        # the replica file
+//! interval = "5s"                      # optional: time between polls (default 5s)
 //! ```
 
 use std::collections::BTreeMap;
@@ -46,6 +51,8 @@ pub struct Sync {
     pub interval: Option<Duration>,
     pub check_interval: Option<Duration>,
     pub snapshot_interval: Option<Duration>,
+    /// `wal_warn_size`: warn (log, webhook) when a WAL grows over this many bytes.
+    pub wal_warn_bytes: Option<u64>,
 }
 
 impl Sync {
@@ -55,6 +62,7 @@ impl Sync {
             interval: self.interval.or(base.interval),
             check_interval: self.check_interval.or(base.check_interval),
             snapshot_interval: self.snapshot_interval.or(base.snapshot_interval),
+            wal_warn_bytes: self.wal_warn_bytes.or(base.wal_warn_bytes),
         }
     }
 }
@@ -101,6 +109,18 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// `[webhooks] url`: where events are POSTed (off when unset; the HMAC key comes from the environment).
     pub webhook_url: Option<String>,
+    /// `[[replicas]]`: read replicas `walrust replicate --config` keeps current, one thread each.
+    pub replicas: Vec<ReplicaEntry>,
+}
+
+/// One `[[replicas]]` table: `name` (in the bucket), `local` (the replica file), optional `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaEntry {
+    pub name: String,
+    pub local: String,
+    pub interval: Option<Duration>,
+    /// Line of its `[[replicas]]` header, for messages.
+    pub line: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -145,8 +165,16 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
         }
         if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
             let name = name.trim();
+            if name == "replicas" {
+                cfg.replicas.push(ReplicaEntry { name: String::new(), local: String::new(), interval: None, line });
+                section = "replicas".into();
+                continue;
+            }
             if name != "databases" {
-                return Err(err(line, format!("unknown table array [[{name}]] (expected [[databases]])")));
+                return Err(err(
+                    line,
+                    format!("unknown table array [[{name}]] (expected [[databases]] or [[replicas]])"),
+                ));
             }
             cfg.databases.push(Database { path: String::new(), name: None, sync: Sync::default(), line });
             section = "databases".into();
@@ -168,7 +196,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
         };
         let key = key.trim();
         let value = parse_value(value.trim()).map_err(|m| err(line, format!("{key}: {m}")))?;
-        let index = if section == "databases" { cfg.databases.len() } else { 0 };
+        let index = match section.as_str() {
+            "databases" => cfg.databases.len(),
+            "replicas" => cfg.replicas.len(),
+            _ => 0,
+        };
         if let Some(first) = seen.insert((section.clone(), index, key.to_string()), line) {
             return Err(err(line, format!("{key} is set twice (first on line {first})")));
         }
@@ -197,6 +229,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
                 "interval" => sync.interval = Some(duration(v)?),
                 "check_interval" => sync.check_interval = Some(duration(v)?),
                 "snapshot_interval" => sync.snapshot_interval = Some(duration(v)?),
+                "wal_warn_size" => {
+                    let size = crate::cli::parse_size(&string(v)?);
+                    sync.wal_warn_bytes = Some(size.map_err(|_| bad("a size in quotes, like \"256MiB\""))?)
+                }
                 _ => return Ok(false),
             }
             Ok(true)
@@ -262,6 +298,35 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
                 }
                 _ => false,
             },
+            "replicas" => {
+                let r = cfg.replicas.last_mut().ok_or_else(|| err(line, "key outside a section".into()))?;
+                match key {
+                    "name" => {
+                        let n = string(&value)?;
+                        if !crate::keys::valid_name(&n) {
+                            return Err(err(
+                                line,
+                                format!("name: invalid name '{n}' (letters, digits, '.', '_', '-')"),
+                            ));
+                        }
+                        r.name = n;
+                        true
+                    }
+                    "local" => {
+                        r.local = string(&value)?;
+                        true
+                    }
+                    "interval" => {
+                        let d = duration(&value)?;
+                        if d.is_zero() {
+                            return Err(err(line, "interval: must be more than 0".into()));
+                        }
+                        r.interval = Some(d);
+                        true
+                    }
+                    _ => false,
+                }
+            }
             _ => {
                 let db = cfg.databases.last_mut().ok_or_else(|| err(line, "key outside a section".into()))?;
                 match key {
@@ -295,6 +360,14 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
         }
         if db.name.is_some() && has_glob(&db.path) {
             return Err(err(db.line, format!("name cannot be set for a glob ({})", db.path)));
+        }
+    }
+    for (i, r) in cfg.replicas.iter().enumerate() {
+        if r.name.is_empty() || r.local.is_empty() {
+            return Err(err(r.line, "[[replicas]] needs a name and a local path".into()));
+        }
+        if let Some(o) = cfg.replicas[..i].iter().find(|o| o.local == r.local) {
+            return Err(err(r.line, format!("local {} is already the replica of line {}", r.local, o.line)));
         }
     }
     Ok(cfg)
@@ -385,10 +458,12 @@ endpoint = "http://127.0.0.1:9000"
 interval = "2s"
 check_interval = "50ms"
 snapshot_interval = "30m"
+wal_warn_size = "128MiB"
 
 [[databases]]
 path = "/data/tenants/*.db"
 interval = "5s"
+wal_warn_size = "1GB"
 
 [retention]
 hourly = 48
@@ -421,6 +496,7 @@ snapshot_interval = "2h"
                 interval: Some(Duration::from_secs(2)),
                 check_interval: Some(Duration::from_millis(50)),
                 snapshot_interval: Some(Duration::from_secs(1800)),
+                wal_warn_bytes: Some(128 << 20),
             }
         );
         assert_eq!(c.retention.policy_over(Policy::default()), Policy { hourly: 48, daily: 14, weekly: 8, monthly: 6 });
@@ -430,6 +506,7 @@ snapshot_interval = "2h"
         assert_eq!(c.databases.len(), 2, "a [section] after [[databases]] does not swallow the next table");
         assert_eq!(c.databases[0].path, "/data/tenants/*.db");
         assert_eq!(c.databases[0].sync.interval, Some(Duration::from_secs(5)));
+        assert_eq!(c.databases[0].sync.over(&c.sync).wal_warn_bytes, Some(1_000_000_000));
         let d = &c.databases[1];
         assert_eq!((d.path.as_str(), d.name.as_deref()), ("/data/app.db", Some("main-app")));
         // Per-database overrides win over [sync], the rest comes from [sync].
@@ -447,6 +524,11 @@ snapshot_interval = "2h"
             ("[sync]\ninterval = \"soon\"\n", "t.toml:2: interval: 'soon' is not a duration"),
             ("[sync]\ninterval = 5\n", "t.toml:2: interval: expected a duration in quotes"),
             ("[retention]\ndaily = -1\n", "t.toml:2: daily: expected a non-negative whole number"),
+            (
+                "[sync]\nwal_warn_size = \"lots\"\n",
+                "t.toml:2: wal_warn_size: expected a size in quotes, like \"256MiB\"",
+            ),
+            ("[sync]\nwal_warn_size = 5\n", "t.toml:2: wal_warn_size: expected a non-empty string in quotes"),
             ("[retention]\ndaily = \"7\"\n", "t.toml:2: daily: expected a non-negative whole number"),
             ("[s3]\nbucket = \"http://x\"\n", "t.toml:2: bucket: invalid storage url"),
             ("bucket = \"s3://b\"\n", "t.toml:1: unknown key 'bucket' at the top level"),
@@ -463,6 +545,42 @@ snapshot_interval = "2h"
             let e = parse(text, "t.toml").unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: got {e}, want {want}");
             assert!(matches!(parse(text, "t.toml"), Err(Error::Usage(_))));
+        }
+    }
+
+    #[test]
+    fn replicas_are_read_and_checked() {
+        let text =
+            "[s3]\nbucket = \"s3://bkt/p\"\n[[replicas]]\nname = \"app\"\nlocal = \"/r/app.db\"\ninterval = \"2s\"\n\
+                    [sync]\ninterval = \"1s\"\n[[replicas]]\nname = \"users\"\nlocal = \"/r/users.db\"\n";
+        let c = parse(text, "t.toml").unwrap();
+        assert_eq!(c.replicas.len(), 2, "a [section] after [[replicas]] does not swallow the next table");
+        assert_eq!(
+            c.replicas[0],
+            ReplicaEntry {
+                name: "app".into(),
+                local: "/r/app.db".into(),
+                interval: Some(Duration::from_secs(2)),
+                line: 3
+            }
+        );
+        assert_eq!((c.replicas[1].name.as_str(), c.replicas[1].interval), ("users", None));
+        assert_eq!(c.sync.interval, Some(Duration::from_secs(1)));
+        for (text, want) in [
+            ("[[replicas]]\nname = \"a\"\n", "t.toml:1: [[replicas]] needs a name and a local path"),
+            ("[[replicas]]\nname = \"a/b\"\n", "t.toml:2: name: invalid name"),
+            (
+                "[[replicas]]\nname = \"a\"\nlocal = \"/x\"\npath = \"/y\"\n",
+                "t.toml:4: unknown key 'path' in [replicas]",
+            ),
+            ("[[replicas]]\nname = \"a\"\nlocal = \"/x\"\ninterval = \"0s\"\n", "t.toml:4: interval: must be more"),
+            (
+                "[[replicas]]\nname = \"a\"\nlocal = \"/x\"\n[[replicas]]\nname = \"b\"\nlocal = \"/x\"\n",
+                "t.toml:4: local /x is already the replica of line 1",
+            ),
+        ] {
+            let e = parse(text, "t.toml").unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: got {e}, want {want}");
         }
     }
 

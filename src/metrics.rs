@@ -20,12 +20,19 @@ pub struct DbMetrics {
     pub last_sync_ms: u64,
     /// Seconds the oldest unshipped commit has waited (0 when caught up).
     pub lag_seconds: f64,
+    /// Size of the WAL file, in bytes.
     pub wal_bytes: u64,
+    /// Sequence number of the last changeset or base snapshot shipped in the current generation.
     pub seq: u64,
+    /// Changesets uploaded.
     pub changesets: u64,
+    /// Snapshots uploaded, base and mid-generation.
     pub snapshots: u64,
+    /// Bytes of objects uploaded (as stored: compressed).
     pub bytes_uploaded: u64,
+    /// Checkpoints run by walrust.
     pub checkpoints: u64,
+    /// Loop iterations that failed (and were retried).
     pub errors: u64,
     /// Stopped for good (fenced, corrupt, file gone): health fails until restarted.
     pub failed: Option<String>,
@@ -40,10 +47,13 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An empty registry. `storage` is the one the databases replicate to (its request counts are exported);
+    /// a database whose last sync is older than `stale_after` makes `/health` fail.
     pub fn new(storage: StorageRef, stale_after: Duration) -> Arc<Registry> {
         Arc::new(Registry { dbs: Mutex::new(BTreeMap::new()), storage, stale_after })
     }
 
+    /// Replaces `name`'s numbers with `m` (each watcher calls it after every loop iteration).
     pub fn publish(&self, name: &str, m: DbMetrics) {
         self.dbs.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), m);
     }

@@ -49,12 +49,28 @@ pub struct ObjectMeta {
 
 /// Encodes HADBP records through zstd into `out`; returns the trailer checksum.
 pub fn encode(out: &mut dyn Write, header: &Header, records: &mut RecordSource<'_>) -> io::Result<u64> {
-    let z = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
+    let mut z = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
+    // zstd sizes its window and match tables for an unknown input (2 MiB window, ~3 MiB per encoder); most
+    // changesets are a few pages. Size them by what the header says is coming, so that a hundred databases
+    // shipping at once do not each hold megabytes. Deterministic in the header: both passes of a large object
+    // and every retry produce the same bytes (the same key).
+    let window_log = window_log_for(header.page_count as u64 * header.page_size as u64);
+    use zstd::stream::raw::CParameter;
+    z.set_parameter(CParameter::WindowLog(window_log))?;
+    z.set_parameter(CParameter::HashLog((window_log + 1).min(17)))?;
+    z.set_parameter(CParameter::ChainLog(window_log.min(16)))?;
     let mut enc = hadbp::Encoder::new(z, header)?;
     records(&mut |id, data| enc.record(id, data))?;
     let (z, checksum) = enc.finish()?;
     z.finish()?;
     Ok(checksum)
+}
+
+/// The zstd window for an object of about `bytes`: the next power of two, between 1 KiB and zstd level 3's
+/// usual 2 MiB.
+fn window_log_for(bytes: u64) -> u32 {
+    let ceil_log2 = 64 - bytes.saturating_sub(1).leading_zeros();
+    ceil_log2.clamp(10, 21)
 }
 
 /// A writer that hashes and counts, keeping the bytes while they fit under a cap.
@@ -199,7 +215,7 @@ fn upload_streaming(
         (Ok(PutOutcome::Created), _) => {
             // The second pass differed from the first (the source changed) or failed: the key would lie.
             let _ = storage.delete_many(&[key_str.to_string()]);
-            Err(Error::Other(format!("object {key_str} changed while it was uploaded; not kept")))
+            Err(Error::Interrupted(format!("object {key_str} changed while it was uploaded; not kept")))
         }
         (Ok(o), Ok(_)) => Ok(o),
         (Ok(_), Err(e)) => Err(Error::io(format!("encoding {key_str}"), e)),
@@ -212,14 +228,67 @@ pub struct HashingReader<R> {
     inner: R,
     sha: Sha256,
     len: u64,
+    /// The object's size from the listing, when known: a body that ends sooner was cut off in transit.
+    expected: Option<u64>,
+    /// Set when reading the body failed in transit (an I/O error, or an early end): the object may be fine,
+    /// the read was not. Decode errors after this are not corruption. Shared with the `ObjectStream`.
+    transport_error: TransportCell,
+}
+
+/// Where a body reader records a failure in transit.
+type TransportCell = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+fn take(cell: &TransportCell) -> Option<String> {
+    cell.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+fn record(cell: &TransportCell, msg: String) {
+    cell.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(msg);
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                record(&self.transport_error, e.to_string());
+                return Err(e);
+            }
+        };
+        if n == 0 && !buf.is_empty() {
+            if let Some(expected) = self.expected.filter(|&x| self.len < x) {
+                let msg = format!("the body ended after {} of {expected} bytes", self.len);
+                record(&self.transport_error, msg.clone());
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, msg));
+            }
+        }
         self.sha.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
+    }
+}
+
+/// A read of `key_str` that failed in transit: transient, worth another GET (objects are immutable).
+fn transport(key_str: &str, message: String) -> Error {
+    Error::Storage {
+        context: format!("reading {key_str}"),
+        source: crate::storage::StorageError::Transport { message },
+    }
+}
+
+/// Runs `f` (a whole read of one object) again, up to 3 times in all, while it fails in transit; the last error
+/// otherwise. A corrupt object fails the same way every time and is reported at once.
+pub fn with_retries<T>(key_str: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(e) if e.is_transient() && attempt < 2 => {
+                attempt += 1;
+                crate::log::warn(&format!("{e}; reading {key_str} again"));
+                std::thread::sleep(std::time::Duration::from_millis(500 * attempt));
+            }
+            r => return r,
+        }
     }
 }
 
@@ -231,34 +300,86 @@ pub struct ObjectStream {
     pub key_str: String,
     dec: hadbp::Decoder<Inner>,
     finished: bool,
+    transport: TransportCell,
+    /// The database size in pages from the commit record, once read (see `next_page`).
+    db_pages: Option<u32>,
 }
 
 impl ObjectStream {
     /// Opens the object at `key_str` (already parsed as `key`).
     pub fn open(storage: &dyn Storage, key: &ObjectKey, key_str: &str) -> Result<ObjectStream> {
+        ObjectStream::open_sized(storage, key, key_str, None)
+    }
+
+    /// Opens a listed object: a body shorter than the listed size is a failed read (a transient storage error,
+    /// see [`with_retries`]), not a corrupt object.
+    pub fn open_entry(storage: &dyn Storage, entry: &crate::remote::Entry) -> Result<ObjectStream> {
+        ObjectStream::open_sized(storage, &entry.key, &entry.key_str, Some(entry.size))
+    }
+
+    fn open_sized(storage: &dyn Storage, key: &ObjectKey, key_str: &str, size: Option<u64>) -> Result<ObjectStream> {
         let body = storage.get(key_str).map_err(|e| match e {
             crate::storage::StorageError::NotFound { .. } => {
                 Error::Corrupt(format!("object {key_str} disappeared while it was read"))
             }
             other => Error::from(other).context(format!("reading {key_str}")),
         })?;
-        ObjectStream::from_reader(key, key_str, body)
+        ObjectStream::from_reader_sized(key, key_str, body, size)
     }
 
+    /// A stream over `body`, the bytes of the object `key_str`.
     pub fn from_reader(key: &ObjectKey, key_str: &str, body: Box<dyn Read + Send>) -> Result<ObjectStream> {
-        let corrupt = |what: String| Error::Corrupt(format!("object {key_str} is corrupt: {what}"));
-        let hashing = HashingReader { inner: body, sha: Sha256::new(), len: 0 };
+        ObjectStream::from_reader_sized(key, key_str, body, None)
+    }
+
+    fn from_reader_sized(
+        key: &ObjectKey,
+        key_str: &str,
+        body: Box<dyn Read + Send>,
+        size: Option<u64>,
+    ) -> Result<ObjectStream> {
+        let cell = TransportCell::default();
+        let hashing = HashingReader {
+            inner: body,
+            sha: Sha256::new(),
+            len: 0,
+            expected: size,
+            transport_error: std::sync::Arc::clone(&cell),
+        };
         if !key.compressed {
-            return Err(corrupt("uncompressed objects are not written by this version".into()));
+            return Err(Error::Corrupt(format!(
+                "object {key_str} is corrupt: uncompressed objects are not written by this version"
+            )));
         }
+        let failed = |what: String| match take(&cell) {
+            Some(t) => transport(key_str, t),
+            None => Error::Corrupt(format!("object {key_str} is corrupt: {what}")),
+        };
         let z = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(64 * 1024, hashing))
-            .map_err(|e| corrupt(e.to_string()))?;
-        let dec = hadbp::Decoder::new(z).map_err(|e| corrupt(e.to_string()))?;
-        Ok(ObjectStream { key: key.clone(), key_str: key_str.to_string(), dec, finished: false })
+            .map_err(|e| failed(e.to_string()))?;
+        let dec = hadbp::Decoder::new(z).map_err(|e| failed(e.to_string()))?;
+        Ok(ObjectStream {
+            key: key.clone(),
+            key_str: key_str.to_string(),
+            dec,
+            finished: false,
+            transport: cell,
+            db_pages: None,
+        })
+    }
+
+    /// The transit failure seen while reading, if any (taken).
+    fn transport_failure(&mut self) -> Option<Error> {
+        take(&self.transport).map(|t| transport(&self.key_str, t))
     }
 
     pub fn header(&self) -> &Header {
         self.dec.header()
+    }
+
+    /// Stored (compressed) bytes of the object read so far (progress reporting).
+    pub fn bytes_read(&mut self) -> u64 {
+        self.dec.get_mut().get_mut().get_ref().len
     }
 
     /// The next record's page id, its data in `buf`; `None` after the last one, once the trailer checksum and
@@ -274,8 +395,37 @@ impl ObjectStream {
                 self.verify_hash()?;
                 Ok(None)
             }
-            Err(e) => Err(Error::Corrupt(format!("object {} is corrupt: {e}", self.key_str))),
+            Err(e) => Err(self
+                .transport_failure()
+                .unwrap_or_else(|| Error::Corrupt(format!("object {} is corrupt: {e}", self.key_str)))),
         }
+    }
+
+    /// The next page of the object, checked: its number is returned and its `page_size` bytes are in `buf`.
+    /// The commit record (the database size, [`ObjectStream::db_pages`]) must come before any page.
+    pub fn next_page(&mut self, buf: &mut Vec<u8>, page_size: u32) -> Result<Option<u32>> {
+        let corrupt = |key: &str, what: String| Error::Corrupt(format!("object {key} is corrupt: {what}"));
+        loop {
+            let Some(id) = self.next_record(buf)? else { return Ok(None) };
+            if id == hadbp::META_PAGE_ID {
+                self.db_pages =
+                    Some(hadbp::parse_commit_record(buf).map_err(|e| corrupt(&self.key_str, e.to_string()))?);
+                continue;
+            }
+            if self.db_pages.is_none() {
+                return Err(corrupt(&self.key_str, "no commit record".into()));
+            }
+            let pgno = u32::try_from(id).map_err(|_| corrupt(&self.key_str, format!("page id {id} out of range")))?;
+            if buf.len() != page_size as usize {
+                return Err(corrupt(&self.key_str, format!("page {pgno} has {} bytes", buf.len())));
+            }
+            return Ok(Some(pgno));
+        }
+    }
+
+    /// The database size in pages after this object (its commit record), once read.
+    pub fn db_pages(&self) -> Option<u32> {
+        self.db_pages
     }
 
     /// The trailer checksum, once the stream has ended.
@@ -292,11 +442,21 @@ impl ObjectStream {
         match z.read(&mut rest) {
             Ok(0) => {}
             Ok(_) => return Err(corrupt("bytes after the end of the compressed stream".into())),
-            Err(e) => return Err(corrupt(e.to_string())),
+            Err(e) => {
+                return Err(match take(&self.transport) {
+                    Some(t) => transport(&key_str, t),
+                    None => corrupt(e.to_string()),
+                })
+            }
         }
         let buffered = z.get_mut();
         let mut tail = Vec::new();
-        buffered.read_to_end(&mut tail).map_err(|e| corrupt(e.to_string()))?;
+        if let Err(e) = buffered.read_to_end(&mut tail) {
+            return Err(match take(&self.transport) {
+                Some(t) => transport(&key_str, t),
+                None => corrupt(e.to_string()),
+            });
+        }
         if !tail.is_empty() {
             return Err(corrupt("bytes after the end of the compressed stream".into()));
         }

@@ -18,6 +18,7 @@ use crate::storage::Storage;
 /// Which state to restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
+    /// The newest restore point: the last changeset (or the base snapshot) of the newest generation holding one.
     Latest,
     /// The last state committed at or before this instant (ms since the epoch).
     Time(u64),
@@ -28,14 +29,20 @@ pub enum Target {
 /// The objects to apply, in order: a snapshot, then the changesets after it.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The database name.
     pub name: String,
+    /// The generation the restore point is in.
     pub generation: u64,
+    /// The snapshot to start from, then every changeset after it up to `seq`, in apply order.
     pub objects: Vec<Entry>,
+    /// Sequence number of the restore point: the restored state is the one right after it.
     pub seq: u64,
+    /// Commit time of the restore point, ms since the Unix epoch.
     pub commit_ms: u64,
 }
 
 impl Plan {
+    /// Total stored (compressed) size of the objects, in bytes.
     pub fn bytes(&self) -> u64 {
         self.objects.iter().map(|e| e.size).sum()
     }
@@ -87,6 +94,7 @@ pub fn plan(storage: &dyn Storage, name: &str, target: Target) -> Result<Plan> {
     }))
 }
 
+/// Formats `ms` (ms since the Unix epoch) as RFC 3339 UTC with milliseconds, e.g. `2024-02-29T12:00:00.000Z`.
 pub fn fmt_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
@@ -137,18 +145,28 @@ pub(crate) fn plan_in_generation(
 /// What a restore did.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The plan carried out.
     pub plan: Plan,
+    /// Pages written into the file (a page written by several objects counts each time).
     pub pages_written: u64,
+    /// Size of the restored database, in pages.
     pub db_pages: u32,
+    /// Page size of the restored database, in bytes.
     pub page_size: u32,
     /// Chain value after the last object.
     pub chain: u64,
 }
 
+/// Where and what [`restore`] writes.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
+    /// The database file to create. The restore is written to a temp file beside it, checked, then renamed
+    /// into place.
     pub output: PathBuf,
+    /// Replace `output` (removing its `-wal` and `-shm` files) if it exists; otherwise that is
+    /// [`Error::Exists`].
     pub force: bool,
+    /// Which state to restore.
     pub target: Target,
     /// Write `OUT-walrust` so that a `watch` of the restored database continues this generation.
     pub write_state: bool,
@@ -156,13 +174,32 @@ pub struct RestoreOptions {
 
 /// Restores `name` into `opts.output`.
 pub fn restore(storage: &dyn Storage, name: &str, opts: &RestoreOptions) -> Result<Report> {
+    restore_with_progress(storage, name, opts, &mut |_| {})
+}
+
+/// How far a restore has come: stored bytes downloaded and verified of the plan's total.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Stored bytes downloaded and verified so far.
+    pub done_bytes: u64,
+    /// Stored bytes of the whole plan ([`Plan::bytes`]).
+    pub total_bytes: u64,
+}
+
+/// `restore`, calling `progress` often (after every page) while objects are downloaded.
+pub fn restore_with_progress(
+    storage: &dyn Storage,
+    name: &str,
+    opts: &RestoreOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Report> {
     let out = &opts.output;
     if !opts.force && fs::symlink_metadata(out).is_ok() {
         return Err(Error::Exists(format!("{} already exists (use --force to replace it)", out.display())));
     }
     let plan = plan(storage, name, opts.target)?;
     let tmp = temp_path(out);
-    let result = restore_into(storage, &plan, &tmp);
+    let result = restore_into(storage, &plan, &tmp, progress);
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -210,7 +247,7 @@ pub fn restore(storage: &dyn Storage, name: &str, opts: &RestoreOptions) -> Resu
 }
 
 /// Applies the plan into `tmp`, verifies it, fsyncs it.
-fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Report> {
+fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path, progress: &mut dyn FnMut(Progress)) -> Result<Report> {
     let file = OpenOptions::new()
         .create(true)
         .write(true)
@@ -218,7 +255,7 @@ fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Report
         .read(true)
         .open(tmp)
         .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-    let applied = apply(storage, plan, &file, tmp)?;
+    let applied = apply_with_progress(storage, plan, &file, tmp, progress)?;
     file.set_len(applied.db_pages as u64 * applied.page_size as u64)
         .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     file.sync_all().map_err(|e| Error::io(format!("syncing {}", tmp.display()), e))?;
@@ -238,8 +275,12 @@ fn restore_into(storage: &dyn Storage, plan: &Plan, tmp: &Path) -> Result<Report
 /// The result of applying a plan's objects to a file.
 #[derive(Debug, Clone, Copy)]
 pub struct Applied {
+    /// Page size, in bytes (from the snapshot).
     pub page_size: u32,
+    /// Size of the database after the last object, in pages (from its commit record); the file may be longer
+    /// and is to be truncated to `db_pages * page_size`.
     pub db_pages: u32,
+    /// Pages written into the file (a page written by several objects counts each time).
     pub pages_written: u64,
     /// Chain value after the last object.
     pub chain: u64,
@@ -247,38 +288,80 @@ pub struct Applied {
 
 /// Streams each object of the plan, verifying hashes and the chain, and writes its pages into `file`.
 pub fn apply(storage: &dyn Storage, plan: &Plan, file: &File, path: &Path) -> Result<Applied> {
+    apply_with_progress(storage, plan, file, path, &mut |_| {})
+}
+
+/// `apply`, reporting progress after every page.
+pub fn apply_with_progress(
+    storage: &dyn Storage,
+    plan: &Plan,
+    file: &File,
+    path: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Applied> {
+    let total_bytes = plan.bytes();
+    let mut done_before = 0u64;
     let mut buf = Vec::new();
     let mut page_size = 0u32;
     let mut db_pages: Option<u32> = None;
     let mut chain: Option<u64> = None;
     let mut pages_written = 0u64;
     for (i, entry) in plan.objects.iter().enumerate() {
-        let key = &entry.key_str;
-        let corrupt = |what: String| Error::Corrupt(format!("object {key} is corrupt: {what}"));
-        let mut obj = ObjectStream::open(storage, &entry.key, key)?;
-        let h = *obj.header();
-        if h.seq != entry.key.seq || h.created_ms != entry.key.commit_ms {
-            return Err(corrupt(format!(
-                "its header says seq {} at {} but its key says seq {} at {} (copied from elsewhere?)",
-                h.seq, h.created_ms, entry.key.seq, entry.key.commit_ms
-            )));
+        // An object whose read fails in transit is read again from its start (it is immutable, and its pages
+        // land where they did the first time).
+        let one = crate::object::with_retries(&entry.key_str, || {
+            let prev = if i == 0 { None } else { Some((page_size, chain)) };
+            let mut report = |done: u64| progress(Progress { done_bytes: done_before + done, total_bytes });
+            apply_object(storage, entry, prev, file, path, &mut buf, &mut report)
+        })?;
+        page_size = one.page_size;
+        if one.db_pages.is_some() {
+            db_pages = one.db_pages;
         }
-        let is_snapshot = h.flags & hadbp::FLAG_SNAPSHOT != 0;
-        let is_base = h.flags & hadbp::FLAG_BASE != 0;
-        let kind_ok = match entry.key.kind {
-            Kind::Base => is_snapshot && is_base,
-            Kind::Snapshot => is_snapshot && !is_base,
-            Kind::Changeset => !is_snapshot && !is_base,
-        };
-        if !kind_ok {
-            return Err(corrupt(format!("its flags {:#04x} do not match its kind", h.flags)));
-        }
-        if i == 0 {
-            if !is_snapshot {
-                return Err(corrupt("a restore must start from a snapshot".into()));
-            }
-            page_size = h.page_size;
-        } else {
+        pages_written += one.pages_written;
+        chain = Some(one.chain);
+        done_before += entry.size;
+        progress(Progress { done_bytes: done_before, total_bytes });
+    }
+    Ok(Applied { page_size, db_pages: db_pages.unwrap_or(0), pages_written, chain: chain.unwrap_or(0) })
+}
+
+/// Streams one object of a plan into `file`, checking it against `prev` (page size and chain value after
+/// the previous object; `None` for the first, which must be a snapshot). `db_pages` is the object's commit
+/// record; `chain` the chain value after it.
+fn apply_object(
+    storage: &dyn Storage,
+    entry: &Entry,
+    prev: Option<(u32, Option<u64>)>,
+    file: &File,
+    path: &Path,
+    buf: &mut Vec<u8>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ObjectApplied> {
+    let key = &entry.key_str;
+    let corrupt = |what: String| Error::Corrupt(format!("object {key} is corrupt: {what}"));
+    let mut obj = ObjectStream::open_entry(storage, entry)?;
+    let h = *obj.header();
+    if h.seq != entry.key.seq || h.created_ms != entry.key.commit_ms {
+        return Err(corrupt(format!(
+            "its header says seq {} at {} but its key says seq {} at {} (copied from elsewhere?)",
+            h.seq, h.created_ms, entry.key.seq, entry.key.commit_ms
+        )));
+    }
+    let is_snapshot = h.flags & hadbp::FLAG_SNAPSHOT != 0;
+    let is_base = h.flags & hadbp::FLAG_BASE != 0;
+    let kind_ok = match entry.key.kind {
+        Kind::Base => is_snapshot && is_base,
+        Kind::Snapshot => is_snapshot && !is_base,
+        Kind::Changeset => !is_snapshot && !is_base,
+    };
+    if !kind_ok {
+        return Err(corrupt(format!("its flags {:#04x} do not match its kind", h.flags)));
+    }
+    let page_size = match prev {
+        None if !is_snapshot => return Err(corrupt("a restore must start from a snapshot".into())),
+        None => h.page_size,
+        Some((page_size, chain)) => {
             if h.page_size != page_size {
                 return Err(corrupt(format!("page size {} differs from the snapshot's {page_size}", h.page_size)));
             }
@@ -289,32 +372,30 @@ pub fn apply(storage: &dyn Storage, plan: &Plan, file: &File, path: &Path) -> Re
                     chain.unwrap_or(0)
                 )));
             }
+            page_size
         }
-        let mut meta_seen = false;
-        while let Some(id) = obj.next_record(&mut buf)? {
-            if id == hadbp::META_PAGE_ID {
-                db_pages = Some(hadbp::parse_commit_record(&buf).map_err(|e| corrupt(e.to_string()))?);
-                meta_seen = true;
-                continue;
-            }
-            if !meta_seen {
-                return Err(corrupt("no commit record".into()));
-            }
-            let pgno = u32::try_from(id).map_err(|_| corrupt(format!("page id {id} out of range")))?;
-            if buf.len() != page_size as usize {
-                return Err(corrupt(format!("page {pgno} has {} bytes", buf.len())));
-            }
-            file.write_all_at(&buf, (pgno as u64 - 1) * page_size as u64)
-                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-            pages_written += 1;
-        }
-        let checksum = obj.checksum().ok_or_else(|| corrupt("stream ended early".into()))?;
-        chain = Some(match entry.key.kind {
-            Kind::Snapshot => h.prev_checksum,
-            Kind::Base | Kind::Changeset => checksum,
-        });
+    };
+    let mut pages_written = 0u64;
+    while let Some(pgno) = obj.next_page(buf, page_size)? {
+        file.write_all_at(buf, (pgno as u64 - 1) * page_size as u64)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        pages_written += 1;
+        progress(obj.bytes_read().min(entry.size));
     }
-    Ok(Applied { page_size, db_pages: db_pages.unwrap_or(0), pages_written, chain: chain.unwrap_or(0) })
+    let checksum = obj.checksum().ok_or_else(|| corrupt("stream ended early".into()))?;
+    let chain = match entry.key.kind {
+        Kind::Snapshot => h.prev_checksum,
+        Kind::Base | Kind::Changeset => checksum,
+    };
+    Ok(ObjectApplied { page_size, db_pages: obj.db_pages(), pages_written, chain })
+}
+
+/// What one object contributed (see `apply_object`).
+struct ObjectApplied {
+    page_size: u32,
+    db_pages: Option<u32>,
+    pages_written: u64,
+    chain: u64,
 }
 
 /// Runs `PRAGMA integrity_check` on a restored file; anything but "ok" is corruption.

@@ -50,8 +50,9 @@ pub struct CheckpointResult {
 pub struct Pins {
     path: PathBuf,
     conns: [Connection; 2],
-    /// Takes SQLite's write lock (BEGIN IMMEDIATE, never writes) for a forced checkpoint.
-    writer: Connection,
+    /// Takes SQLite's write lock (BEGIN IMMEDIATE, never writes) for a forced checkpoint; opened only for
+    /// that (rare) moment and closed after, so that an idle database holds two connections, not three.
+    writer: Option<Connection>,
     write_locked: bool,
     /// Index of the connection holding the read transaction, if any.
     held: Option<usize>,
@@ -106,13 +107,7 @@ impl Pins {
         let a = open_conn(path)?;
         let page_size = check_wal_mode(&a, path)?;
         let b = open_conn(path)?;
-        let writer = open_conn(path)?;
-        // SQLite's default busy handler sleeps up to 100 ms between tries and can starve against an application
-        // that commits back to back; this one looks every 200 µs, so it takes the first gap between two commits.
-        writer
-            .busy_handler(Some(write_lock_busy))
-            .map_err(|e| Error::sqlite(format!("opening {}", path.display()), e))?;
-        let mut pins = Pins { path: path.to_path_buf(), conns: [a, b], writer, write_locked: false, held: None };
+        let mut pins = Pins { path: path.to_path_buf(), conns: [a, b], writer: None, write_locked: false, held: None };
         pins.advance()?;
         Ok((pins, page_size))
     }
@@ -135,7 +130,19 @@ impl Pins {
     /// when the application's writers kept it busy for [`WRITE_LOCK_TIMEOUT`] (try again later). Nothing is
     /// ever written through this connection.
     pub fn lock_writes(&mut self) -> Result<bool> {
-        match self.writer.execute_batch("BEGIN IMMEDIATE") {
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => {
+                let w = open_conn(&self.path)?;
+                // SQLite's default busy handler sleeps up to 100 ms between tries and can starve against an
+                // application that commits back to back; this one looks every 200 µs, so it takes the first gap
+                // between two commits.
+                w.busy_handler(Some(write_lock_busy))
+                    .map_err(|e| Error::sqlite(format!("opening {}", self.path.display()), e))?;
+                self.writer.insert(w)
+            }
+        };
+        match writer.execute_batch("BEGIN IMMEDIATE") {
             Ok(()) => {
                 self.write_locked = true;
                 Ok(true)
@@ -149,11 +156,14 @@ impl Pins {
         }
     }
 
+    /// Releases the write lock taken by [`Pins::lock_writes`] and closes that connection.
     pub fn unlock_writes(&mut self) {
-        if self.write_locked {
-            let _ = self.writer.execute_batch("ROLLBACK");
-            self.write_locked = false;
+        if let Some(w) = self.writer.take() {
+            if self.write_locked {
+                let _ = w.execute_batch("ROLLBACK");
+            }
         }
+        self.write_locked = false;
     }
 
     /// Runs a PASSIVE checkpoint on the idle connection (the pin stays held, so it cannot pass frames not yet

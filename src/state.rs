@@ -112,37 +112,63 @@ pub fn state_path(db: &Path) -> PathBuf {
 impl LocalState {
     /// Reads the state; `Ok(None)` when there is none or it cannot be used (corrupt, other version).
     pub fn load(path: &Path) -> Result<Option<LocalState>> {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
-        };
-        match LocalState::deserialize_json(&text) {
-            Ok(s) if s.version == STATE_VERSION => Ok(Some(s)),
-            _ => Ok(None),
-        }
+        Ok(load_json::<LocalState>(path)?.filter(|s| s.version == STATE_VERSION))
     }
 
+    /// Writes the state durably (see [`write_durably`]): the rename must be durable before the upload it
+    /// announces (see `pending`).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tmp = path.as_os_str().to_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let write = || -> io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(self.serialize_json().as_bytes())?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, path)?;
-            // The rename must be durable before the upload it announces (see `pending`).
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
+        write_durably(path, self.serialize_json().as_bytes())
+    }
+}
+
+/// Reads a small JSON file; `Ok(None)` when it does not exist or does not parse (a cache to rebuild, not an
+/// error). Other read errors are errors.
+pub fn load_json<T: nanoserde::DeJson>(path: &Path) -> Result<Option<T>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(T::deserialize_json(&text).ok()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+/// Replaces `path` with `bytes` durably: a temp file beside it, fsync, rename over it, fsync the directory. A
+/// crash leaves the old file or the new one, never a mix.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let write = || -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
         };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            Error::io(format!("writing {}", path.display()), e)
-        })
+        fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(format!("writing {}", path.display()), e)
+    })
+}
+
+/// Takes an exclusive flock on `path` (created if missing), held while the returned file is open.
+/// `held_by_another` words the error (exit 5) when another process holds it.
+pub fn lock_exclusive(path: &Path, held_by_another: impl FnOnce() -> String) -> Result<fs::File> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Fenced(held_by_another())),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(format!("locking {}", path.display()), e)),
     }
 }
 

@@ -14,11 +14,15 @@ use crate::storage::Storage;
 /// What a verification covered.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// Generations checked (every one stored for the name).
     pub generations: usize,
+    /// Objects downloaded and checked, in all generations.
     pub objects: usize,
+    /// Stored (compressed) size of those objects, in bytes.
     pub bytes: u64,
     /// The restore point rebuilt and integrity-checked.
     pub seq: u64,
+    /// Commit time of that restore point, ms since the Unix epoch.
     pub commit_ms: u64,
 }
 
@@ -75,17 +79,23 @@ fn verify_generation(storage: &dyn Storage, objs: &[Entry], report: &mut Report)
     let mut snapshots: Vec<(Entry, u64)> = Vec::new();
     let mut prev: Option<(u64, u64)> = None; // (seq, chain) of the last chain object
     for e in objs {
-        let mut obj = ObjectStream::open(storage, &e.key, &e.key_str)?;
-        let h = *obj.header();
-        if h.seq != e.key.seq || h.created_ms != e.key.commit_ms {
-            return Err(Error::Corrupt(format!(
-                "object {} is corrupt: its header (seq {}, time {}) does not match its key (copied from elsewhere?)",
-                e.key_str, h.seq, h.created_ms
-            )));
-        }
-        while obj.next_record(&mut buf)?.is_some() {}
-        let checksum =
-            obj.checksum().ok_or_else(|| Error::Corrupt(format!("object {} is corrupt: ended early", e.key_str)))?;
+        // A read that fails in transit is done again (objects are immutable); corruption fails every time.
+        let (h, checksum) = crate::object::with_retries(&e.key_str, || {
+            let mut obj = ObjectStream::open_entry(storage, e)?;
+            let h = *obj.header();
+            if h.seq != e.key.seq || h.created_ms != e.key.commit_ms {
+                return Err(Error::Corrupt(format!(
+                    "object {} is corrupt: its header (seq {}, time {}) does not match its key (copied from \
+                     elsewhere?)",
+                    e.key_str, h.seq, h.created_ms
+                )));
+            }
+            while obj.next_record(&mut buf)?.is_some() {}
+            let checksum = obj
+                .checksum()
+                .ok_or_else(|| Error::Corrupt(format!("object {} is corrupt: ended early", e.key_str)))?;
+            Ok((h, checksum))
+        })?;
         report.objects += 1;
         report.bytes += e.size;
         match e.key.kind {

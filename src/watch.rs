@@ -10,10 +10,11 @@
 //! 3. Only after the storage acknowledged the object: advance the cursor, the chain and the state file, then
 //!    move the pin forward (see sqlite.rs) and checkpoint when the WAL is large.
 //!
-//! Continuity (invariant 8): the chain continues across a WAL restart only when the new header's checkpoint
-//! sequence is the old one plus one and the restart was observed by this process while it held its pin (then
-//! no frame of the old cycle can have been unread, see sqlite.rs). Anything else (a restart while walrust was
-//! down, a missing WAL, a replaced database) starts a new generation with a snapshot.
+//! Continuity (invariant 8): the chain continues across a WAL restart only when the restart was observed by
+//! this process while it held its pin since its last complete read (then exactly one restart happened and no
+//! frame of the old cycle can have been unread, see sqlite.rs and `follow_restart`). Anything else (a restart
+//! while walrust was down that the database file's stamp cannot vouch for, a missing WAL, a replaced database)
+//! starts a new generation with a snapshot.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -63,9 +64,15 @@ pub struct WatchOptions {
     pub batch_frames_max: u32,
     /// Start a new generation even when the bucket holds backups this database's state cannot account for.
     pub new_generation: bool,
+    /// Above this WAL size (uploads not keeping up, usually storage down: the WAL is where unshipped commits
+    /// wait) log a warning and send a `wal_over_threshold` webhook, once until the WAL is back under half.
+    pub wal_warn_bytes: u64,
 }
 
 impl WatchOptions {
+    /// Defaults for the database `name`: check every 100 ms, at most one upload per second, a snapshot every
+    /// hour, PASSIVE checkpoint at 1000 shipped frames, forced restart point above a 32 MiB WAL, changesets of
+    /// at most about 4096 frames, no forced new generation.
     pub fn new(name: impl Into<String>) -> Self {
         WatchOptions {
             name: name.into(),
@@ -76,6 +83,7 @@ impl WatchOptions {
             checkpoint_full_bytes: 32 * 1024 * 1024,
             batch_frames_max: 4096,
             new_generation: false,
+            wal_warn_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -83,13 +91,21 @@ impl WatchOptions {
 /// Counters a caller can read (tests, metrics).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WatchStats {
+    /// Changesets uploaded.
     pub changesets: u64,
+    /// Snapshots uploaded, base and mid-generation.
     pub snapshots: u64,
+    /// New generations started (each with a base snapshot).
     pub generations_started: u64,
+    /// Bytes of objects uploaded (as stored: compressed).
     pub bytes_uploaded: u64,
+    /// Checkpoints run by the loop.
     pub checkpoints: u64,
 }
 
+/// One database's replication loop ([`Watcher::start`], then [`Watcher::run`] on a thread of its own; a
+/// [`Replicator`](crate::Replicator) does both). Holds the database's lock file: one watcher per database on a
+/// machine.
 pub struct Watcher {
     opts: WatchOptions,
     storage: StorageRef,
@@ -131,6 +147,11 @@ pub struct Watcher {
     /// A changeset whose upload failed: it is retried with the same frames and commit time, so that a PUT that
     /// landed although its answer was lost is found under the same key (never two objects for one seq).
     inflight: Option<Inflight>,
+    /// Other threads asking this loop to ship now and waiting for it (`Replicator::flush`).
+    flusher: Option<Arc<Flusher>>,
+    /// The WAL is over `wal_warn_bytes` and that was reported.
+    wal_warned: bool,
+    /// Counters since this watcher started.
     pub stats: WatchStats,
 }
 
@@ -167,8 +188,9 @@ impl Watcher {
         let db_path = db_path.to_path_buf();
         let state_path = state_path(&db_path);
         let snapshot_request = snapshot_request_path(&db_path);
-        let lock = lock_file(&db_path)?;
+        // The database is checked first (exists, SQLite, WAL mode): a bad path leaves no lock file behind.
         let (pins, page_size) = Pins::open(&db_path)?;
+        let lock = lock_file(&db_path)?;
         let wal_path = wal_path_of(&db_path);
         let wal = File::open(&wal_path).map_err(|e| Error::io(format!("opening {}", wal_path.display()), e))?;
         let db_inode = std::fs::metadata(&db_path).map_err(|e| Error::io(db_path.display().to_string(), e))?.ino();
@@ -204,6 +226,8 @@ impl Watcher {
             dirty_since: None,
             errors: 0,
             inflight: None,
+            flusher: None,
+            wal_warned: false,
             stats: WatchStats::default(),
         };
         match w.decide_start()? {
@@ -389,7 +413,7 @@ impl Watcher {
             }
         };
         let pages = batch.map(|b| b.pages).unwrap_or_default();
-        Ok(Overlay { pages, end, db_size })
+        Ok(Overlay { header: header.copied(), pages, end, db_size })
     }
 
     fn upload_snapshot(&mut self, snap: &Overlay, kind: Kind, commit_ms: u64) -> Result<object::Uploaded> {
@@ -433,7 +457,20 @@ impl Watcher {
             Ok(())
         };
         let src: &mut RecordSource<'_> = &mut records;
-        let uploaded = object::upload(self.storage.as_ref(), &self.opts.name, meta, &header, src)?;
+        // Pages come from the WAL at the offsets the overlay found, and from the database file. The pin keeps
+        // both stable except in one case: a pin on read mark 0 (the WAL fully checkpointed) lets a writer
+        // restart the WAL and overwrite those offsets while the snapshot is read. A restart always rewrites the
+        // header (new salts), so the header unchanged after encoding proves every page read was the committed
+        // one. Large objects are encoded a second time while uploading; that pass is checked against the first
+        // pass's SHA-256 (object.rs), and a difference removes the object.
+        let prepared = object::prepare(&self.opts.name, meta, &header, src)?;
+        if self.read_header()? != snap.header {
+            return Err(Error::Interrupted(format!(
+                "{}: the WAL restarted while the snapshot was read; nothing kept, taking it again",
+                self.opts.name
+            )));
+        }
+        let uploaded = prepared.put(self.storage.as_ref(), &header, src)?;
         self.stats.snapshots += 1;
         self.stats.bytes_uploaded += uploaded.bytes;
         self.last_upload = Some(Instant::now());
@@ -504,14 +541,35 @@ impl Watcher {
         self.publish();
     }
 
-    fn publish(&self) {
+    /// Warns (log and webhook) when the WAL grew over `wal_warn_bytes`; re-arms once it is back under half.
+    fn check_wal_size(&mut self, wal_bytes: u64) {
+        let limit = self.opts.wal_warn_bytes;
+        if !self.wal_warned && wal_bytes > limit {
+            self.wal_warned = true;
+            let msg = format!(
+                "the WAL is {wal_bytes} bytes, over the {limit}-byte warning size: uploads are not keeping up (is the \
+                 storage reachable?); the application keeps writing and walrust ships it all once they succeed"
+            );
+            log::warn(&format!("{}: {msg}", self.opts.name));
+            if let Some(w) = &self.webhooks {
+                w.notify("wal_over_threshold", &self.opts.name, &msg);
+            }
+        } else if self.wal_warned && wal_bytes < limit / 2 {
+            self.wal_warned = false;
+            log::info(&format!("{}: the WAL is back under half the warning size ({wal_bytes} bytes)", self.opts.name));
+        }
+    }
+
+    fn publish(&mut self) {
+        let wal_bytes = self.wal.metadata().map(|m| m.len()).unwrap_or(0);
+        self.check_wal_size(wal_bytes);
         let Some(r) = &self.metrics else { return };
         r.publish(
             &self.opts.name,
             crate::metrics::DbMetrics {
                 last_sync_ms: self.last_caught_up_ms,
                 lag_seconds: self.dirty_since.map(|d| d.elapsed().as_secs_f64()).unwrap_or(0.0),
-                wal_bytes: self.wal.metadata().map(|m| m.len()).unwrap_or(0),
+                wal_bytes,
                 seq: self.seq,
                 changesets: self.stats.changesets,
                 snapshots: self.stats.snapshots,
@@ -575,11 +633,19 @@ impl Watcher {
     }
 
     /// The WAL header changed. Returns true when the chain can follow the new cycle.
+    ///
+    /// Following rests on the pin alone (sqlite.rs): while this process has held a pin since its last complete
+    /// read (`established`), a restart can only have happened while the pin sat on read mark 0, which it only
+    /// takes when everything in the WAL is shipped, and which blocks the backfill a second restart would need.
+    /// So exactly one restart happened and nothing of the old cycle was unshipped. The header's checkpoint
+    /// sequence proves nothing here: SQLite writes it from a per-connection counter (0, with new random salts,
+    /// from a connection that never restarted the WAL itself), so with several writer connections it does not
+    /// count restarts (tests/pin_protocol.rs).
     fn follow_restart(&mut self, h: &WalHeader) -> Result<bool> {
         let follows = match self.cycle {
             // First header after a restore or on a fresh WAL: everything in it is new.
             None => self.established || self.cursor.frames == 0,
-            Some(old) => self.established && h.ckpt_seq == old.ckpt_seq.wrapping_add(1),
+            Some(_) => self.established,
         };
         if follows {
             self.cycle = Some(*h);
@@ -683,6 +749,7 @@ impl Watcher {
     /// for longer than WRITE_LOCK_TIMEOUT, try again after the next sync.
     fn forced_checkpoint(&mut self) -> Result<()> {
         if !self.pins.lock_writes()? {
+            self.pins.unlock_writes(); // closes the lock connection until the next attempt
             return Ok(());
         }
         self.forcing = true;
@@ -786,19 +853,38 @@ impl Watcher {
 
     /// Runs until `stop` is set, then ships what is committed and returns.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<()> {
+        let r = self.run_loop(stop);
+        if let Some(f) = &self.flusher {
+            f.stopped(r.as_ref().err().map(|e| e.to_string()));
+        }
+        r
+    }
+
+    fn run_loop(&mut self, stop: &AtomicBool) -> Result<()> {
         let mut failures: u32 = 0;
         while !stop.load(Ordering::Relaxed) {
-            let r = self.tick(false);
+            // A flush asked for before this tick began is answered by it: the tick reads the WAL to its end.
+            let ticket = self.flusher.as_ref().map(|f| f.requested()).unwrap_or(0);
+            let flushing = self.flusher.as_ref().is_some_and(|f| f.done() < ticket);
+            let r = self.tick(flushing);
             if r.is_err() {
                 self.errors += 1;
                 self.dirty_since.get_or_insert_with(Instant::now);
             }
             self.publish();
             match r {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    if let Some(f) = &self.flusher {
+                        f.shipped(ticket, self.durable());
+                    }
+                }
                 Err(e) if retryable(&e) => {
                     failures += 1;
                     log::warn(&format!("{}: {e} (will retry)", self.opts.name));
+                    if let Some(f) = &self.flusher {
+                        f.failed(&e.to_string());
+                    }
                     if failures == FAILURES_BEFORE_WEBHOOK {
                         if let Some(w) = &self.webhooks {
                             w.notify("uploads_failing", &self.opts.name, &format!("{failures} attempts in a row: {e}"));
@@ -811,10 +897,30 @@ impl Watcher {
                 }
                 Err(e) => return Err(e),
             }
-            sleep_until(stop, self.opts.check_interval);
+            match &self.flusher {
+                Some(f) => f.wait_for_request(stop, self.opts.check_interval),
+                None => sleep_until(stop, self.opts.check_interval),
+            }
         }
+        let ticket = self.flusher.as_ref().map(|f| f.requested()).unwrap_or(0);
         self.tick(true)?;
+        if let Some(f) = &self.flusher {
+            f.shipped(ticket, self.durable());
+        }
         self.shutdown()
+    }
+
+    /// Lets other threads ask this loop (once `run` runs) to ship now and wait until it has (see `Flusher`).
+    pub fn flusher(&mut self) -> Arc<Flusher> {
+        let durable = self.durable();
+        let f = self.flusher.get_or_insert_with(|| Arc::new(Flusher::default()));
+        f.shipped(0, durable);
+        Arc::clone(f)
+    }
+
+    /// The newest object in storage that this database's shipped state is in.
+    pub fn durable(&self) -> Durable {
+        Durable { generation: self.generation, seq: self.seq }
     }
 
     /// After the final sync: when the WAL holds nothing unshipped, record the database file's stamp so that the
@@ -830,18 +936,22 @@ impl Watcher {
         Ok(())
     }
 
+    /// The generation being written.
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
+    /// Sequence number of the last changeset or base snapshot shipped in the current generation.
     pub fn seq(&self) -> u64 {
         self.seq
     }
 
+    /// The database file's path, as given to [`Watcher::start`].
     pub fn db_path(&self) -> &Path {
         &self.db_path
     }
 
+    /// The minimum time between uploads ([`WatchOptions::sync_interval`]).
     pub fn sync_interval(&self) -> Duration {
         self.opts.sync_interval
     }
@@ -852,11 +962,125 @@ impl Watcher {
     }
 }
 
+/// Where a database's replicated state stands in storage: everything it committed up to the last sync is in
+/// the objects of `generation` up to `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durable {
+    /// The generation the database's shipped state is in.
+    pub generation: u64,
+    /// Sequence number of the newest object of `generation` holding shipped state.
+    pub seq: u64,
+}
+
+/// A flush handshake between a running loop and other threads: `flush` takes a ticket; the loop's next
+/// iteration reads the WAL to its end, ships it ignoring the request budget, and marks the ticket done. Every
+/// transaction committed before `flush` was called is then in storage.
+#[derive(Debug, Default)]
+pub struct Flusher {
+    state: std::sync::Mutex<FlushState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FlushState {
+    requested: u64,
+    done: u64,
+    durable: Option<Durable>,
+    last_error: Option<String>,
+    /// The loop ended: `Some(None)` cleanly, `Some(Some(e))` with an error.
+    stopped: Option<Option<String>>,
+}
+
+impl Flusher {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn requested(&self) -> u64 {
+        self.lock().requested
+    }
+
+    fn done(&self) -> u64 {
+        self.lock().done
+    }
+
+    fn shipped(&self, ticket: u64, durable: Durable) {
+        let mut s = self.lock();
+        s.done = s.done.max(ticket);
+        s.durable = Some(durable);
+        s.last_error = None;
+        self.changed.notify_all();
+    }
+
+    fn failed(&self, e: &str) {
+        self.lock().last_error = Some(e.to_string());
+    }
+
+    fn stopped(&self, e: Option<String>) {
+        self.lock().stopped = Some(e);
+        self.changed.notify_all();
+    }
+
+    /// Sleeps up to `d`, waking early for a flush request or `stop`.
+    fn wait_for_request(&self, stop: &AtomicBool, d: Duration) {
+        let end = Instant::now() + d;
+        let mut s = self.lock();
+        while s.requested <= s.done && !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= end {
+                return;
+            }
+            s = match self.changed.wait_timeout(s, (end - now).min(Duration::from_millis(50))) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// The position shipped so far, if the loop has reported one.
+    pub fn durable(&self) -> Option<Durable> {
+        self.lock().durable
+    }
+
+    /// Asks the loop to ship everything committed now and waits until it is in storage (or `timeout`).
+    pub fn flush(&self, timeout: Duration) -> Result<Durable> {
+        let end = Instant::now() + timeout;
+        let mut s = self.lock();
+        s.requested += 1;
+        let ticket = s.requested;
+        self.changed.notify_all();
+        loop {
+            if s.done >= ticket {
+                if let Some(d) = s.durable {
+                    return Ok(d);
+                }
+            }
+            if let Some(stopped) = &s.stopped {
+                return Err(Error::Other(match stopped {
+                    Some(e) => format!("replication stopped before the flush completed: {e}"),
+                    None => "replication stopped before the flush completed".into(),
+                }));
+            }
+            let now = Instant::now();
+            if now >= end {
+                return Err(Error::Other(match &s.last_error {
+                    Some(e) => format!("not in storage after {timeout:?}: {e}"),
+                    None => format!("not in storage after {timeout:?}"),
+                }));
+            }
+            s = match self.changed.wait_timeout(s, end - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
 /// Errors the loop waits out: storage failures of any kind (the WAL keeps the data meanwhile) and SQLite
 /// lock contention.
 fn retryable(e: &Error) -> bool {
     match e {
-        Error::Storage { .. } => true,
+        Error::Storage { .. } | Error::Interrupted(_) => true,
         Error::Sqlite { source: rusqlite::Error::SqliteFailure(f, _), .. } => {
             matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         }
@@ -878,6 +1102,8 @@ pub fn sleep_until(stop: &AtomicBool, d: Duration) {
 
 /// The pages of the committed state at the end of the current WAL cycle that come from the WAL.
 struct Overlay {
+    /// The WAL header the overlay was read under (`None`: no WAL).
+    header: Option<WalHeader>,
     pages: BTreeMap<u32, u64>,
     end: WalCursor,
     db_size: u32,
@@ -914,21 +1140,9 @@ pub fn is_watched(db: &Path) -> Result<bool> {
 /// One walrust per database on this machine: an exclusive lock on `DB-walrust.lock`.
 fn lock_file(db: &Path) -> Result<File> {
     let p = lock_path(db);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Fenced(format!(
-            "another walrust is already watching {} (lock {} is held)",
-            db.display(),
-            p.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(format!("locking {}", p.display()), e)),
-    }
+    crate::state::lock_exclusive(&p, || {
+        format!("another walrust is already watching {} (lock {} is held)", db.display(), p.display())
+    })
 }
 
 /// Signals that stop a watch: the first asks for a drain, the second exits at once.

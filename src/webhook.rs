@@ -17,6 +17,7 @@ const ATTEMPTS: u32 = 5;
 /// Where and how to send events.
 #[derive(Clone)]
 pub struct WebhookConfig {
+    /// The URL events are POSTed to.
     pub url: String,
     /// HMAC key; never logged.
     pub secret: Option<String>,

@@ -825,3 +825,115 @@ fn a_stopped_database_sends_a_signed_webhook() {
     assert_eq!(stop(child, 30), 1, "{}", log_text(&log));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Waits (up to `secs`) for a webhook whose body contains `event`, skipping others.
+fn wait_event_for(events: &std::sync::mpsc::Receiver<(String, String)>, event: &str, log: &Path, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok((_, body)) if body.contains(&format!("\"event\":\"{event}\"")) => return body,
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    panic!("no {event} webhook: {}", log_text(log));
+}
+
+fn wait_event(events: &std::sync::mpsc::Receiver<(String, String)>, event: &str, log: &Path) -> String {
+    wait_event_for(events, event, log, 20)
+}
+
+/// A WAL over --wal-warn-size is reported once (log line and `wal_over_threshold` webhook); a second writer
+/// appearing in the database's generation stops it with a `fenced` webhook and exit 5's reason in the log.
+#[test]
+fn wal_threshold_and_fencing_send_webhooks() {
+    let dir = temp_dir("webhook-events");
+    let db = dir.join("w.db");
+    let c = app(&db);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)").unwrap();
+    let (url, events) = webhook_receiver();
+    let backend = Backend::file(&dir);
+    let log = dir.join("watch.log");
+    let child = std::process::Command::new(walrust_bin())
+        .args(["watch", db.to_str().unwrap(), "--webhook-url", &url, "--wal-warn-size", "64KiB"])
+        .args(backend.args())
+        .args(["--interval", "50ms", "--check-interval", "20ms", "--snapshot-interval", "1s"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    c.execute("INSERT INTO t(v) VALUES (randomblob(300000))", []).unwrap();
+    let body = wait_event(&events, "wal_over_threshold", &log);
+    assert!(body.contains("\"database\":\"w\"") && body.contains("65536-byte warning size"), "{body}");
+    assert!(log_text(&log).contains("over the 65536-byte warning size"), "{}", log_text(&log));
+
+    // Another writer's object right after this database's head, in its generation.
+    let storage = backend.storage();
+    let head = walrust::remote::head(&*storage, "w").unwrap().unwrap();
+    let mut foreign = head.last.key.clone();
+    foreign.seq += 1;
+    foreign.kind = walrust::keys::Kind::Changeset;
+    storage.put_if_absent(&foreign.format("w"), &mut &b"not ours"[..]).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    c.execute("INSERT INTO t(v) VALUES (x'00')", []).unwrap();
+    let body = wait_event(&events, "fenced", &log);
+    assert!(body.contains("another writer"), "{body}");
+    assert_eq!(stop(child, 30), 5, "{}", log_text(&log));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every upload failing (the S3 answers 500 to everything, through scripts/fault-proxy): after 5 failed attempts
+/// in a row an `uploads_failing` webhook goes out, the application keeps writing, and once the storage answers
+/// again everything committed meanwhile is shipped.
+#[test]
+fn failing_uploads_send_a_webhook_then_catch_up() {
+    let Some(env) = s3_env() else { return };
+    let proxy = FaultProxy::start(&env.endpoint);
+    let dir = temp_dir("uploads-failing");
+    let db = dir.join("f.db");
+    let c = app(&db);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").unwrap();
+    let (url, events) = webhook_receiver();
+    let through_proxy =
+        Backend { url: format!("s3://{}/{}/", env.bucket, unique("failing")), endpoint: Some(proxy.endpoint()) };
+    let direct = Backend { url: through_proxy.url.clone(), endpoint: Some(env.endpoint.clone()) };
+    let log = dir.join("watch.log");
+    let child = std::process::Command::new(walrust_bin())
+        .args(["watch", db.to_str().unwrap(), "--webhook-url", &url])
+        .args(through_proxy.args())
+        .args(["--interval", "50ms", "--check-interval", "20ms"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while direct.keys("f").is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no base snapshot: {}", log_text(&log));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.set(r#"{"error_rate": 1.0}"#);
+    for i in 0..20 {
+        c.execute("INSERT INTO t(v) VALUES (?1)", [format!("during the outage {i}")]).unwrap();
+    }
+    let body = wait_event_for(&events, "uploads_failing", &log, 90);
+    assert!(body.contains("\"database\":\"f\"") && body.contains("attempts in a row"), "{body}");
+    c.execute("INSERT INTO t(v) VALUES ('after the webhook')", []).unwrap();
+    proxy.set(r#"{"error_rate": 0.0}"#);
+    let t = Instant::now();
+    loop {
+        let out = dir.join(format!("r{}.db", t.elapsed().as_millis()));
+        let o = walrust(
+            &[
+                &["restore", "f", "-o", out.to_str().unwrap()][..],
+                &direct.args().iter().map(String::as_str).collect::<Vec<_>>()[..],
+            ]
+            .concat(),
+        );
+        if o.status.success() && rows(&out) == rows(&db) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "did not catch up: {}", log_text(&log));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(stop(child, 30), 0, "{}", log_text(&log));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,8 +27,9 @@ Options:
       --dry-run        show what would be deleted and the kept points; delete nothing
       --json           one JSON object on stdout
 
-Example:
-  walrust compact app -b s3://backups/prod --daily 14";
+Examples:
+  walrust compact app -b s3://backups/prod --daily 14
+  walrust compact app -b file:///var/backups --dry-run";
 
 pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     let mut storage = StorageArgs::default();

@@ -17,7 +17,11 @@ bytes. With NAME, one line per generation of that database.
 Options:
   -b, --bucket URL     s3://BUCKET[/PREFIX] or file:///ABS/DIR
       --endpoint URL   S3 endpoint
-      --json           JSON on stdout";
+      --json           JSON on stdout
+
+Examples:
+  walrust list -b s3://backups/prod
+  walrust list app -b file:///var/backups --json";
 
 /// Summary of one generation.
 struct GenSummary {

@@ -2,8 +2,11 @@
 //! then resolves them into settings and calls the library.
 
 mod compact;
+mod exec;
 mod explain;
 mod list;
+mod progress;
+mod replicate;
 mod restore;
 mod snapshot;
 mod verify;
@@ -27,6 +30,7 @@ Usage:
   walrust verify NAME -b s3://BUCKET[/PREFIX] [--point-in-time T] [--json]
   walrust list [NAME] -b s3://BUCKET[/PREFIX] [--json]
   walrust compact NAME -b s3://BUCKET[/PREFIX] [--hourly N --daily N --weekly N --monthly N] [--dry-run] [--json]
+  walrust replicate NAME -b s3://BUCKET[/PREFIX] --local REPLICA.db [--interval 5s]
   walrust explain [DB...] [--config FILE] [watch options] [--json]
 
 Storage (-b) is s3://BUCKET[/PREFIX] or file:///ABS/DIR. Run `walrust COMMAND --help` for a command's options.
@@ -55,6 +59,7 @@ pub fn run(args: Vec<OsString>) -> Result<i32> {
         "snapshot" => snapshot::run(parser),
         "explain" => explain::run(parser),
         "compact" => compact::run(parser),
+        "replicate" => replicate::run(parser),
         "help" => {
             println!("{USAGE}");
             Ok(0)
@@ -100,6 +105,25 @@ pub(crate) fn parse_count(flag: &str, v: &str) -> Result<u32> {
     v.parse().map_err(|_| Error::Usage(format!("{flag}: '{v}' is not a non-negative integer")))
 }
 
+/// Parses a size: bytes (`1048576`) or a number with a unit (`64KiB`, `256MiB`, `1GiB`, `500MB`, `2GB`).
+pub(crate) fn parse_size(v: &str) -> std::result::Result<u64, String> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("'{v}' is not a size like 256MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(format!("'{v}': unknown unit (B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("'{v}' is too large"))
+}
+
 /// Parses a duration like `1s`, `250ms`, `1h30m`.
 pub(crate) fn parse_duration(flag: &str, v: &str) -> Result<std::time::Duration> {
     humantime::parse_duration(v).map_err(|e| Error::Usage(format!("{flag}: invalid duration '{v}': {e}")))
@@ -111,4 +135,18 @@ pub(crate) fn value_string(parser: &mut lexopt::Parser) -> Result<String> {
 
 pub(crate) fn string(v: OsString) -> Result<String> {
     v.into_string().map_err(|v| Error::Usage(format!("argument is not valid UTF-8: {}", v.to_string_lossy())))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(super::parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(super::parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(super::parse_size("2GB"), Ok(2_000_000_000));
+        for bad in ["", "MiB", "12 parsecs", "-1", "99999999999999GiB"] {
+            assert!(super::parse_size(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::cli::progress::Meter;
 use crate::cli::{string, usage, value_string, StorageArgs};
 use crate::error::{Error, Result};
 use crate::log::{self, json_string};
@@ -24,6 +25,9 @@ Options:
       --if-not-exists        do nothing (exit 0) when OUT.db already exists (init containers, boot scripts)
       --dry-run              print the plan (objects, bytes) without downloading
       --json                 print the plan or the result as one JSON object on stdout
+  -q, --quiet                print nothing but errors (no progress line, no summary)
+
+On a terminal, a restore that takes more than a second shows its progress (bytes, rate, ETA) on stderr.
 
 Examples:
   walrust restore app -o /tmp/app.db -b s3://backups/prod
@@ -38,6 +42,7 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     let mut dry_run = false;
     let mut if_not_exists = false;
     let mut json = false;
+    let mut quiet = false;
     let mut target = Target::Latest;
     while let Some(arg) = parser.next().map_err(usage)? {
         match arg {
@@ -50,6 +55,7 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
             lexopt::Arg::Long("dry-run") => dry_run = true,
             lexopt::Arg::Long("if-not-exists") => if_not_exists = true,
             lexopt::Arg::Long("json") => json = true,
+            lexopt::Arg::Short('q') | lexopt::Arg::Long("quiet") => quiet = true,
             lexopt::Arg::Long("point-in-time") => target = parse_target(&value_string(&mut parser)?)?,
             lexopt::Arg::Short('h') | lexopt::Arg::Long("help") => {
                 println!("{USAGE}");
@@ -60,6 +66,9 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
         }
     }
     let name = name.ok_or_else(|| Error::Usage("missing NAME (see walrust restore --help)".into()))?;
+    if quiet {
+        log::set_level(log::Level::Warn);
+    }
     let output = output.ok_or_else(|| Error::Usage("missing -o OUT.db".into()))?;
     if if_not_exists && force {
         return Err(Error::Usage("--if-not-exists and --force contradict each other".into()));
@@ -111,7 +120,14 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
         return Ok(0);
     }
     let opts = RestoreOptions { output: output.clone(), force, target, write_state: target == Target::Latest };
-    let report = restore::restore(storage.as_ref(), &name, &opts)?;
+    let mut meter = Meter::new(&format!("restoring {name}"), quiet || json);
+    let mut last = (0, 0);
+    let report = restore::restore_with_progress(storage.as_ref(), &name, &opts, &mut |p| {
+        last = (p.done_bytes, p.total_bytes);
+        meter.update(p.done_bytes, p.total_bytes)
+    });
+    meter.finish(last.0, last.1);
+    let report = report?;
     if json {
         println!(
             "{{\"name\":{},\"output\":{},\"restored\":true,\"generation\":\"{:016x}\",\"seq\":{},\"committed\":{},\"objects\":{},\"bytes\":{},\"pages\":{},\"page_size\":{}}}",

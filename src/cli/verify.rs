@@ -19,8 +19,9 @@ Options:
       --point-in-time T    verify that point (RFC 3339 or seq) instead of the newest
       --json               one JSON object on stdout
 
-Example:
-  walrust verify app -b s3://backups/prod || alert 'backup of app is broken'";
+Examples:
+  walrust verify app -b s3://backups/prod || alert 'backup of app is broken'
+  walrust verify app -b file:///var/backups --point-in-time 2026-03-01T12:00:00Z --json";
 
 pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
     let mut storage = StorageArgs::default();

@@ -4,13 +4,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::cli::{parse_count, parse_duration, usage, value_string, StorageArgs};
+use crate::cli::exec;
+use crate::cli::{parse_count, parse_duration, parse_size, usage, value_string, StorageArgs};
 use crate::config;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::log;
+use crate::replicator::Replicator;
 use crate::restore::{self, RestoreOptions, Target};
-use crate::watch::{self, WatchOptions, Watcher};
+use crate::watch::{self, WatchOptions};
 
 const USAGE: &str = "\
 Usage: walrust watch DB... -b s3://BUCKET[/PREFIX] [options]
@@ -29,13 +31,19 @@ Options:
       --interval D             at most one upload per D per database (default 1s)
       --check-interval D       how often the WAL is checked (default 100ms)
       --snapshot-interval D    snapshot when D has passed and something changed (default 1h)
+      --wal-warn-size SIZE     warn (log, webhook wal_over_threshold) when a WAL grows over SIZE: uploads are
+                               not keeping up (default 256MiB)
       --new-generation         start a new generation even if the bucket holds backups this database
                                has no record of writing (taking over a name)
       --restore-if-missing     restore a database that does not exist from its latest backup first, then
                                continue its chain (new machines, init containers)
       --metrics-addr ADDR      serve /metrics (Prometheus) and /health on ADDR, e.g. 127.0.0.1:9090 (default off)
-      --webhook-url URL        POST events (a database stopped, uploads failing) as JSON, signed with HMAC-SHA256
+      --webhook-url URL        POST events (database_stopped, fenced, corruption_detected, uploads_failing,
+                               wal_over_threshold) as JSON, signed with HMAC-SHA256
                                of WALRUST_WEBHOOK_SECRET in X-Walrust-Signature (default off)
+      --exec \"CMD ARGS\"        run the application as a child (split into words like a shell would, run
+                               without one); SIGTERM/SIGINT reach it as SIGTERM; when it exits, walrust ships
+                               what it committed and exits with the application's status
       --allow-unsafe-storage   run even if the storage ignores conditional writes (no fencing)
       --compact-interval D     run `walrust compact` (GFS retention) for each database every D (default off)
       --keep-hourly N, --keep-daily N, --keep-weekly N, --keep-monthly N
@@ -46,7 +54,8 @@ Options:
 Examples:
   walrust watch app.db -b s3://backups/prod
   walrust watch /data/app.db -b file:///var/backups --interval 5s
-  walrust watch --config /etc/walrust.toml";
+  walrust watch --config /etc/walrust.toml
+  walrust watch /data/app.db -b s3://backups/prod --restore-if-missing --exec \"/usr/local/bin/app --port 8080\"";
 
 /// What `watch` runs, resolved from its flags and the config file (also what `explain` shows).
 pub(crate) struct Resolved {
@@ -65,6 +74,8 @@ pub(crate) struct Resolved {
     pub metrics_addr: Option<String>,
     /// `--webhook-url` or `[webhooks] url`.
     pub webhook_url: Option<String>,
+    /// `--exec CMD`: the application to run as a child.
+    pub exec: Option<String>,
     /// `--json` (explain only).
     pub json: bool,
 }
@@ -90,6 +101,7 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
     let mut allow_unsafe_storage = false;
     let mut metrics_addr: Option<String> = None;
     let mut webhook_url: Option<String> = None;
+    let mut exec: Option<String> = None;
     let mut compact_interval: Option<std::time::Duration> = None;
     let mut keep = config::Retention::default();
     while let Some(arg) = parser.next().map_err(usage)? {
@@ -107,11 +119,17 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
             lexopt::Arg::Long("snapshot-interval") => {
                 cli_sync.snapshot_interval = Some(parse_duration("--snapshot-interval", &value_string(&mut parser)?)?)
             }
+            lexopt::Arg::Long("wal-warn-size") => {
+                let v = value_string(&mut parser)?;
+                cli_sync.wal_warn_bytes =
+                    Some(parse_size(&v).map_err(|e| Error::Usage(format!("--wal-warn-size: {e}")))?)
+            }
             lexopt::Arg::Long("new-generation") => new_generation = true,
             lexopt::Arg::Long("restore-if-missing") => restore_if_missing = true,
             lexopt::Arg::Long("allow-unsafe-storage") => allow_unsafe_storage = true,
             lexopt::Arg::Long("metrics-addr") => metrics_addr = Some(value_string(&mut parser)?),
             lexopt::Arg::Long("webhook-url") => webhook_url = Some(value_string(&mut parser)?),
+            lexopt::Arg::Long("exec") => exec = Some(value_string(&mut parser)?),
             lexopt::Arg::Long("compact-interval") => {
                 compact_interval = Some(parse_duration("--compact-interval", &value_string(&mut parser)?)?)
             }
@@ -169,6 +187,7 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
         allow_unsafe_storage,
         metrics_addr: metrics_addr.or(cfg.metrics_listen.clone()),
         webhook_url: webhook_url.or(cfg.webhook_url.clone()),
+        exec,
         json,
     }))
 }
@@ -230,6 +249,7 @@ impl Discovery {
             o.sync_interval = sync.interval.unwrap_or(o.sync_interval);
             o.check_interval = sync.check_interval.unwrap_or(o.check_interval);
             o.snapshot_interval = sync.snapshot_interval.unwrap_or(o.snapshot_interval);
+            o.wal_warn_bytes = sync.wal_warn_bytes.unwrap_or(o.wal_warn_bytes);
             o.new_generation = self.new_generation;
             jobs.push((db.clone(), o));
         }
@@ -242,39 +262,6 @@ const DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2
 
 /// A database that could not start (not WAL yet, fenced, storage refusing) is tried again after this long.
 const RETRY_FAILED: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// One watcher thread.
-struct Running {
-    name: String,
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<Result<()>>,
-}
-
-fn spawn_watcher(
-    mut w: Watcher,
-    registry: &Option<Arc<crate::metrics::Registry>>,
-    webhooks: &Option<crate::webhook::Webhooks>,
-) -> Result<Running> {
-    if let Some(r) = registry {
-        w.set_metrics(Arc::clone(r));
-    }
-    if let Some(h) = webhooks {
-        w.set_webhooks(h.clone());
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let name = w.name().to_string();
-    let thread_stop = Arc::clone(&stop);
-    let handle = std::thread::Builder::new()
-        .name(format!("walrust-db-{name}"))
-        .stack_size(256 * 1024)
-        .spawn(move || w.run(&thread_stop).map_err(|e| e.context(w.db_path().display())))
-        .map_err(|e| Error::io("starting a watcher thread", e))?;
-    Ok(Running { name, stop, handle })
-}
-
-fn join(r: Running) -> Result<()> {
-    r.handle.join().unwrap_or_else(|_| Err(Error::Other("watcher thread panicked".into())))
-}
 
 fn watch(r: Resolved) -> Result<i32> {
     let Resolved {
@@ -289,8 +276,10 @@ fn watch(r: Resolved) -> Result<i32> {
         allow_unsafe_storage,
         metrics_addr,
         webhook_url,
+        exec,
         ..
     } = r;
+    let exec = exec.map(|cmd| exec::parse(&cmd)).transpose()?;
     let webhooks = match webhook_url {
         Some(url) => {
             let secret = std::env::var("WALRUST_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty());
@@ -303,22 +292,7 @@ fn watch(r: Resolved) -> Result<i32> {
         None => None,
     };
     let storage = storage.open_with(true)?;
-    // Fencing rests on create-if-absent; some S3 implementations ignore If-None-Match (FIELD-NOTES 11).
-    if !crate::storage::honours_create_if_absent(storage.as_ref())
-        .map_err(|e| Error::from(e).context("probing the storage"))?
-    {
-        let msg = format!(
-            "{} accepted a second create-if-absent write of the same key (If-None-Match: * is ignored): a second \
-             writer could overwrite backups unnoticed",
-            storage.describe()
-        );
-        if !allow_unsafe_storage {
-            return Err(Error::Usage(format!(
-                "{msg}; use a store that honours conditional writes, or --allow-unsafe-storage"
-            )));
-        }
-        log::warn(&format!("{msg}; continuing because of --allow-unsafe-storage"));
-    }
+    crate::replicator::check_storage(storage.as_ref(), allow_unsafe_storage)?;
     if restore_if_missing {
         for (db, opts) in &jobs {
             if db.exists() {
@@ -341,114 +315,112 @@ fn watch(r: Resolved) -> Result<i32> {
         }
     }
     let stop = watch::install_signal_handlers()?;
-    // Start every database first: a database that cannot start is an error before anything runs.
-    let mut watchers = Vec::new();
-    for (db, opts) in jobs {
-        let w = Watcher::start(&db, Arc::clone(&storage), opts).map_err(|e| e.context(db.display()))?;
-        watchers.push(w);
-    }
-    log::info(&format!("watching {} database(s) into {}", watchers.len(), storage.describe()));
+    let mut replicator = Replicator::new(Arc::clone(&storage));
     let registry = match &metrics_addr {
-        Some(addr) => {
+        Some(_) => {
             // Unhealthy when a database has not been caught up for 10 sync intervals (at least a minute).
-            let slowest = watchers.iter().map(|w| w.sync_interval()).max().unwrap_or_default();
+            let slowest = jobs.iter().map(|(_, o)| o.sync_interval).max().unwrap_or_default();
             let registry = crate::metrics::Registry::new(
                 Arc::clone(&storage),
                 (slowest * 10).max(std::time::Duration::from_secs(60)),
             );
-            for w in &mut watchers {
-                w.set_metrics(Arc::clone(&registry));
-            }
-            let bound = crate::metrics::serve(addr, Arc::clone(&registry))?;
-            log::info(&format!("serving /metrics and /health on http://{bound}"));
+            replicator = replicator.with_metrics(Arc::clone(&registry));
             Some(registry)
         }
         None => None,
     };
-    let names = Arc::new(std::sync::Mutex::new(watchers.iter().map(|w| w.name().to_string()).collect::<Vec<_>>()));
-    let compactor = match compact_interval {
-        Some(every) => {
-            let (stop, storage, names) = (Arc::clone(&stop), Arc::clone(&storage), Arc::clone(&names));
-            let spawned =
-                std::thread::Builder::new().name("walrust-compact".into()).stack_size(256 * 1024).spawn(move || {
-                    // Off the replication path: a slow or failing compaction never delays shipping.
-                    while !stop.load(Ordering::Relaxed) {
-                        watch::sleep_until(&stop, every);
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        let now: Vec<String> = names.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        for name in &now {
-                            match crate::compact::compact(storage.as_ref(), name, watch::now_ms(), &policy, false) {
-                                Ok(plan) if !plan.delete.is_empty() => log::info(&format!(
-                                    "{name}: compacted: {} objects deleted, {} kept",
-                                    plan.delete.len(),
-                                    plan.kept_objects
-                                )),
-                                Ok(_) => {}
-                                Err(e) => log::warn(&format!("{name}: compaction failed (will retry): {e}")),
-                            }
-                        }
-                    }
-                });
-            match spawned {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    log::warn(&format!("cannot start the compaction thread: {e}"));
-                    None
-                }
+    if let Some(h) = &webhooks {
+        replicator = replicator.with_webhooks(h.clone());
+    }
+    // Start every database first: a database that cannot start is an error before anything runs (those already
+    // started are drained when `replicator` is dropped).
+    // Databases that failed to start or stopped with an error: tried again after RETRY_FAILED.
+    let mut given_up: std::collections::BTreeMap<PathBuf, std::time::Instant> = std::collections::BTreeMap::new();
+    let started = jobs.len();
+    for (db, opts) in jobs {
+        match replicator.add(&db, opts) {
+            Ok(()) => {}
+            // A storage hiccup while one database reads its remote head: that database starts later; the
+            // others run meanwhile. Anything else (not WAL, fenced, bad name) is an error before anything runs.
+            Err(e) if e.is_transient() => {
+                log::warn(&format!("{e} (trying again in {}s)", RETRY_FAILED.as_secs()));
+                given_up.insert(db, std::time::Instant::now());
             }
+            Err(e) => return Err(e),
         }
+    }
+    log::info(&format!("watching {started} database(s) into {}", storage.describe()));
+    if let (Some(addr), Some(registry)) = (&metrics_addr, &registry) {
+        let bound = crate::metrics::serve(addr, Arc::clone(registry))?;
+        log::info(&format!("serving /metrics and /health on http://{bound}"));
+    }
+    let replicator = Arc::new(replicator);
+    let compactor = compact_interval.map(|every| start_compactor(every, &stop, &storage, &replicator, policy));
+    let mut child = match exec {
+        Some(argv) => Some(exec::spawn(&argv)?),
         None => None,
     };
 
-    // The supervisor: this thread watches the watchers, picks up new files matching a glob, reloads the config on
-    // SIGHUP, and drops databases that were deleted or removed from the config.
+    // The supervisor: this thread watches the databases' threads, picks up new files matching a glob, reloads
+    // the config on SIGHUP, drops databases that were deleted or removed from the config, and with --exec
+    // follows the application it started.
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
         .map_err(|e| Error::io("installing the SIGHUP handler", e))?;
-    let mut running: std::collections::BTreeMap<PathBuf, Running> = std::collections::BTreeMap::new();
-    for w in watchers {
-        let path = w.db_path().to_path_buf();
-        running.insert(path, spawn_watcher(w, &registry, &webhooks)?);
-    }
     let mut cfg = config;
     let mut first_err: Option<Error> = None;
-    // Databases that failed to start or stopped with an error: tried again after RETRY_FAILED.
-    let mut given_up: std::collections::BTreeMap<PathBuf, std::time::Instant> = std::collections::BTreeMap::new();
     let mut last_discovery = std::time::Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    let mut child_status: Option<i32> = None;
+    loop {
+        if let Some(c) = &mut child {
+            if let Some(code) = c.exited()? {
+                log::info(&format!("the application exited with status {code}; shipping what it committed"));
+                child_status = Some(code);
+                break;
+            }
+            if stop.load(Ordering::Relaxed) {
+                // First SIGTERM/SIGINT: passed on once; walrust drains when the application has exited.
+                c.terminate();
+            }
+        } else if stop.load(Ordering::Relaxed) {
+            break;
+        }
         watch::sleep_until(&stop, std::time::Duration::from_millis(100));
-        // Watchers that ended on their own: a deleted database is dropped; anything else is a failure.
-        let ended: Vec<PathBuf> =
-            running.iter().filter(|(_, r)| r.handle.is_finished()).map(|(p, _)| p.clone()).collect();
-        for path in ended {
-            let Some(r) = running.remove(&path) else { continue };
-            let name = r.name.clone();
-            names.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| *n != name);
-            match join(r) {
+        if child.is_some() && stop.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Databases whose thread ended on their own: a deleted database is dropped; anything else is a failure.
+        for ended in replicator.reap() {
+            match ended.result {
                 Ok(()) => {}
-                Err(_) if !path.exists() => {
-                    log::info(&format!("{}: the database was deleted; no longer watching it", path.display()));
+                Err(_) if !ended.path.exists() => {
+                    log::info(&format!("{}: the database was deleted; no longer watching it", ended.path.display()));
                     if let Some(reg) = &registry {
-                        reg.remove(&name);
+                        reg.remove(&ended.name);
                     }
                 }
                 Err(e) => {
                     log::error(&format!("{e}"));
                     if let Some(reg) = &registry {
-                        reg.update(&name, |m| m.failed = Some(e.to_string()));
+                        reg.update(&ended.name, |m| m.failed = Some(e.to_string()));
                     }
                     if let Some(h) = &webhooks {
-                        h.notify("database_stopped", &name, &e.to_string());
+                        let event = match e {
+                            Error::Fenced(_) => "fenced",
+                            Error::Corrupt(_) => "corruption_detected",
+                            _ => "database_stopped",
+                        };
+                        h.notify(event, &ended.name, &e.to_string());
                     }
-                    given_up.insert(path, std::time::Instant::now());
+                    given_up.insert(ended.path, std::time::Instant::now());
                     first_err.get_or_insert(e);
                 }
             }
         }
         let reloading = reload.swap(false, Ordering::Relaxed);
-        if !discovery.is_dynamic() || (!reloading && last_discovery.elapsed() < DISCOVERY_INTERVAL) {
+        // Databases named on the command line are fixed: only those that could not start are tried again.
+        let fixed = !discovery.is_dynamic();
+        if (fixed && given_up.is_empty()) || (!reloading && last_discovery.elapsed() < DISCOVERY_INTERVAL) {
             continue;
         }
         last_discovery = std::time::Instant::now();
@@ -475,36 +447,34 @@ fn watch(r: Resolved) -> Result<i32> {
         };
         // Removed from the config: drain and stop.
         let wanted: std::collections::BTreeSet<&PathBuf> = jobs.iter().map(|(p, _)| p).collect();
-        let removed: Vec<PathBuf> = running.keys().filter(|p| !wanted.contains(p)).cloned().collect();
-        for path in removed {
-            if let Some(r) = running.remove(&path) {
-                r.stop.store(true, Ordering::Relaxed);
-                let name = r.name.clone();
-                names.lock().unwrap_or_else(|p| p.into_inner()).retain(|n| *n != name);
-                if let Some(reg) = &registry {
-                    reg.remove(&name);
-                }
-                match join(r) {
-                    Ok(()) => log::info(&format!("{}: no longer configured; stopped after shipping", path.display())),
-                    Err(e) => log::warn(&format!("{e}")),
-                }
+        for (path, name) in replicator.databases() {
+            if wanted.contains(&path) {
+                continue;
+            }
+            if let Some(reg) = &registry {
+                reg.remove(&name);
+            }
+            match replicator.remove(&path) {
+                Some(Ok(())) => log::info(&format!("{}: no longer configured; stopped after shipping", path.display())),
+                Some(Err(e)) => log::warn(&format!("{e}")),
+                None => {}
             }
         }
         // New files matching a glob (or entries added to the config).
+        let names: Vec<String> = replicator.databases().into_iter().map(|(_, n)| n).collect();
         for (path, opts) in jobs {
-            if running.contains_key(&path) || given_up.get(&path).is_some_and(|t| t.elapsed() < RETRY_FAILED) {
+            if replicator.contains(&path) || given_up.get(&path).is_some_and(|t| t.elapsed() < RETRY_FAILED) {
                 continue;
             }
-            if running.values().any(|r| r.name == opts.name) {
+            if fixed && given_up.remove(&path).is_none() {
+                continue; // a fixed database that ended on its own (deleted) is not looked for again
+            }
+            if names.contains(&opts.name) {
                 continue; // the name is taken by a database being replaced; retry on the next round
             }
             let name = opts.name.clone();
-            match Watcher::start(&path, Arc::clone(&storage), opts) {
-                Ok(w) => {
-                    log::info(&format!("{}: new database, now watching it as '{name}'", path.display()));
-                    names.lock().unwrap_or_else(|p| p.into_inner()).push(name);
-                    running.insert(path, spawn_watcher(w, &registry, &webhooks)?);
-                }
+            match replicator.add(&path, opts) {
+                Ok(()) => log::info(&format!("{}: new database, now watching it as '{name}'", path.display())),
                 Err(e) => {
                     log::warn(&format!(
                         "{}: cannot watch it yet (trying again in {}s): {e}",
@@ -516,28 +486,68 @@ fn watch(r: Resolved) -> Result<i32> {
             }
         }
     }
-    // Drain: every watcher ships what is committed.
-    for r in running.values() {
-        r.stop.store(true, Ordering::Relaxed);
+    // Drain: every database ships what is committed.
+    stop.store(true, Ordering::Relaxed);
+    if let Some(Some(handle)) = compactor {
+        let _ = handle.join();
     }
-    for (_, r) in std::mem::take(&mut running) {
-        let name = r.name.clone();
-        if let Err(e) = join(r) {
+    let replicator = Arc::into_inner(replicator).ok_or_else(|| Error::Other("replicator still shared".into()))?;
+    for ended in replicator.shutdown_each() {
+        if let Err(e) = ended.result {
             log::error(&format!("{e}"));
             if let Some(reg) = &registry {
-                reg.update(&name, |m| m.failed = Some(e.to_string()));
+                reg.update(&ended.name, |m| m.failed = Some(e.to_string()));
             }
             first_err.get_or_insert(e);
         }
     }
-    if let Some(h) = compactor {
-        let _ = h.join();
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => {
+    match (first_err, child_status) {
+        (Some(e), _) => Err(e),
+        (None, Some(code)) => {
+            log::info("all committed transactions shipped; exiting with the application's status");
+            Ok(code)
+        }
+        (None, None) => {
             log::info("all committed transactions shipped; exiting");
             Ok(0)
+        }
+    }
+}
+
+/// Runs `compact` for every replicated database every `every`, off the replication path: a slow or failing
+/// compaction never delays shipping. Ends when `stop` is set.
+fn start_compactor(
+    every: std::time::Duration,
+    stop: &Arc<AtomicBool>,
+    storage: &crate::storage::StorageRef,
+    replicator: &Arc<Replicator>,
+    policy: crate::compact::Policy,
+) -> Option<std::thread::JoinHandle<()>> {
+    let (stop, storage, replicator) = (Arc::clone(stop), Arc::clone(storage), Arc::clone(replicator));
+    let spawned = std::thread::Builder::new().name("walrust-compact".into()).stack_size(256 * 1024).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            watch::sleep_until(&stop, every);
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            for (_, name) in replicator.databases() {
+                match crate::compact::compact(storage.as_ref(), &name, watch::now_ms(), &policy, false) {
+                    Ok(plan) if !plan.delete.is_empty() => log::info(&format!(
+                        "{name}: compacted: {} objects deleted, {} kept",
+                        plan.delete.len(),
+                        plan.kept_objects
+                    )),
+                    Ok(_) => {}
+                    Err(e) => log::warn(&format!("{name}: compaction failed (will retry): {e}")),
+                }
+            }
+        }
+    });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            log::warn(&format!("cannot start the compaction thread: {e}"));
+            None
         }
     }
 }

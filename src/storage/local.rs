@@ -17,6 +17,7 @@ use super::{
 
 const TMP_PREFIX: &str = ".tmp-";
 
+/// The local-directory backend: each key is a file under the root directory (see the module documentation).
 #[derive(Debug)]
 pub struct LocalStorage {
     root: PathBuf,
@@ -25,7 +26,6 @@ pub struct LocalStorage {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl LocalStorage {
-    /// Opens (creating if needed) the directory `root`.
     /// Opens the directory `root`; with `create`, makes it (and its parents) when missing. Without, a missing
     /// directory is [`StorageError::NoSuchBucket`], like a missing S3 bucket.
     pub fn open(root: &Path, create: bool) -> Result<Self> {

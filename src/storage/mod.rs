@@ -8,8 +8,10 @@
 //! - A create-if-absent write that finds the key taken returns [`PutOutcome::AlreadyExists`], not an error.
 //! - Bodies stream: `put` reads the body in bounded parts, `get` returns a reader.
 
+#[doc(hidden)]
 pub mod credentials;
 pub mod local;
+#[doc(hidden)]
 pub mod retry;
 pub mod s3;
 pub mod url;
@@ -31,13 +33,17 @@ pub type ObjectReader = Box<dyn Read + Send>;
 /// One entry of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// The object's key, relative to the backend's root.
     pub key: String,
+    /// The object's size, in bytes.
     pub size: u64,
 }
 
 /// One page of a listing, in ascending key order.
 #[derive(Debug, Default, Clone)]
 pub struct ListPage {
+    /// The objects on this page, in ascending key order (with `delimiter`, only those not folded into
+    /// `common_prefixes`).
     pub objects: Vec<ObjectInfo>,
     /// With `delimiter`, the distinct key prefixes up to and including the next `/` after `prefix`.
     pub common_prefixes: Vec<String>,
@@ -48,6 +54,7 @@ pub struct ListPage {
 /// Result of a create-if-absent write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
+    /// The object was written.
     Created,
     /// The key already existed; nothing was written.
     AlreadyExists,
@@ -58,17 +65,45 @@ pub enum PutOutcome {
 #[derive(Debug)]
 pub enum StorageError {
     /// The key (or range) does not exist. The only error that means "absent".
-    NotFound { key: String },
-    /// The bucket does not exist.
-    NoSuchBucket { bucket: String },
+    NotFound {
+        /// The key asked for.
+        key: String,
+    },
+    /// The bucket (for the file backend: the root directory) does not exist.
+    NoSuchBucket {
+        /// The bucket name, or the directory.
+        bucket: String,
+    },
     /// Credentials rejected or not allowed (AccessDenied, SignatureDoesNotMatch, InvalidAccessKeyId, ...).
-    Auth { code: String, message: String },
+    Auth {
+        /// The service's error code.
+        code: String,
+        /// The service's message; may be empty.
+        message: String,
+    },
     /// Any other error answered by the service, with its S3 error code when it sent one.
-    Service { status: u16, code: String, message: String, key: String },
+    Service {
+        /// The HTTP status.
+        status: u16,
+        /// The S3 error code; empty when the service sent none.
+        code: String,
+        /// The service's message; may be empty.
+        message: String,
+        /// The key involved; empty when none.
+        key: String,
+    },
     /// The request did not get an answer (connection refused/reset, timeout, truncated body).
-    Transport { message: String },
+    Transport {
+        /// What failed.
+        message: String,
+    },
     /// Local file-system error of the file backend.
-    Io { path: String, source: io::Error },
+    Io {
+        /// The file or directory involved.
+        path: String,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// Bad configuration (URL, credentials file, endpoint).
     Config(String),
 }
@@ -98,6 +133,7 @@ impl StorageError {
         }
     }
 
+    /// The object is absent ([`StorageError::NotFound`]); every other error means "unknown".
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound { .. })
     }
@@ -148,6 +184,7 @@ impl std::error::Error for StorageError {
     }
 }
 
+/// The result of a storage operation.
 pub type Result<T> = std::result::Result<T, StorageError>;
 
 /// The storage contract. Keys are relative to the backend's root (bucket + prefix, or directory); they use
@@ -192,14 +229,20 @@ pub trait Storage: Send + Sync + fmt::Debug {
 /// its create and complete requests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RequestCounts {
+    /// Get requests (whole objects and ranges).
     pub get: u64,
+    /// Put requests (a multipart upload counts one per part).
     pub put: u64,
+    /// List requests (one per page).
     pub list: u64,
+    /// Delete requests (one key, or one DeleteObjects batch, each).
     pub delete: u64,
+    /// Any other request (e.g. a multipart upload's create and complete).
     pub other: u64,
 }
 
 impl RequestCounts {
+    /// All requests, of every kind.
     pub fn total(&self) -> u64 {
         self.get + self.put + self.list + self.delete + self.other
     }
@@ -259,15 +302,17 @@ pub fn open(location: &Location, opts: &OpenOptions) -> Result<StorageRef> {
 /// Checks that the storage honours create-if-absent (FIELD-NOTES 11: some S3 implementations ignore
 /// `If-None-Match: *`, which would let two writers silently overwrite each other's objects). Writes a probe key
 /// twice under `.walrust-probe/` and deletes it: 2 PUTs and 1 DELETE. Returns false when the second write was
-/// accepted.
+/// accepted. The first write may itself answer `AlreadyExists`: the key is unique to this call, so that means
+/// an earlier attempt of that same write landed and only its answer was lost (a retry found the key taken);
+/// only the second write decides.
 pub fn honours_create_if_absent(storage: &dyn Storage) -> Result<bool> {
     let key = format!(".walrust-probe/{}-{:016x}", std::process::id(), retry::jitter(u64::MAX - 1));
-    let first = storage.put_if_absent(&key, &mut &b"first"[..])?;
+    storage.put_if_absent(&key, &mut &b"first"[..])?;
     let second = storage.put_if_absent(&key, &mut &b"second"[..]);
     let cleanup = storage.delete_many(std::slice::from_ref(&key));
     let second = second?;
     cleanup?;
-    Ok(first == PutOutcome::Created && second == PutOutcome::AlreadyExists)
+    Ok(second == PutOutcome::AlreadyExists)
 }
 
 /// Reads up to `buf.len()` bytes, stopping early only at end of input. Returns the number read.
@@ -314,6 +359,47 @@ mod tests {
         fn describe(&self) -> String {
             self.0.describe()
         }
+    }
+
+    /// A store whose first create-if-absent lands but loses its answer, so the retry finds the key taken.
+    #[derive(Debug)]
+    struct LostFirstAnswer(local::LocalStorage, std::sync::atomic::AtomicBool);
+
+    impl Storage for LostFirstAnswer {
+        fn put(&self, key: &str, body: &mut dyn Read) -> Result<()> {
+            self.0.put(key, body)
+        }
+        fn put_if_absent(&self, key: &str, body: &mut dyn Read) -> Result<PutOutcome> {
+            let mut data = Vec::new();
+            body.read_to_end(&mut data).unwrap();
+            if !self.1.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                self.0.put_if_absent(key, &mut &data[..])?; // landed; the answer is lost, the retry follows
+            }
+            self.0.put_if_absent(key, &mut &data[..])
+        }
+        fn get(&self, key: &str) -> Result<ObjectReader> {
+            self.0.get(key)
+        }
+        fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<ObjectReader> {
+            self.0.get_range(key, offset, len)
+        }
+        fn list_page(&self, p: &str, s: Option<&str>, d: bool, t: Option<&str>) -> Result<ListPage> {
+            self.0.list_page(p, s, d, t)
+        }
+        fn delete_many(&self, keys: &[String]) -> Result<()> {
+            self.0.delete_many(keys)
+        }
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+    }
+
+    #[test]
+    fn a_lost_answer_to_the_first_probe_write_is_not_taken_for_an_unsafe_store() {
+        let dir = std::env::temp_dir().join(format!("walrust-probe-lost-{}", std::process::id()));
+        let s = LostFirstAnswer(local::LocalStorage::open(&dir, true).unwrap(), Default::default());
+        assert!(honours_create_if_absent(&s).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -22,7 +22,7 @@ use rusty_s3::actions::{
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::credentials::{self, AwsCredentials, AwsSettings, Provider};
-use super::retry::RetryPolicy;
+use super::retry::{Breaker, RetryPolicy};
 use super::{
     ListPage, ObjectInfo, ObjectReader, OpenOptions, PutOutcome, RequestCounts, Result, Storage, StorageError,
 };
@@ -62,12 +62,16 @@ pub fn endpoint_or_env(explicit: Option<String>) -> Option<String> {
     explicit.or_else(|| var("AWS_ENDPOINT_URL_S3")).or_else(|| var("AWS_ENDPOINT_URL"))
 }
 
+/// The S3 backend: objects under one bucket and key prefix, requests signed with SigV4 and sent through one
+/// shared HTTP agent, transient failures retried. Every request is counted ([`S3Storage::counts`]).
 pub struct S3Storage {
     bucket: Bucket,
     prefix: String,
     credentials: CredentialSource,
     agent: ureq::Agent,
     retry: RetryPolicy,
+    /// Shared by every request of this handle (every database of a watch): see `retry.rs`.
+    breaker: Breaker,
     endpoint: String,
     counts: Arc<Counters>,
 }
@@ -116,6 +120,9 @@ impl S3Storage {
         Self::with_settings(bucket, prefix, endpoint.as_deref(), settings, opts.retry.clone())
     }
 
+    /// Like [`S3Storage::open`], with the region and credentials in `settings` and `endpoint` given rather than
+    /// read from the environment. `None` means AWS itself (virtual-hosted-style URLs unless the bucket name holds
+    /// a `.`); a custom endpoint (`http://HOST` or `https://HOST`) gets path-style URLs. Sends no request.
     pub fn with_settings(
         bucket: &str,
         prefix: &str,
@@ -155,6 +162,7 @@ impl S3Storage {
             credentials,
             agent: build_agent(https, std::env::var_os("AWS_CA_BUNDLE").filter(|p| !p.is_empty()).as_deref())?,
             retry,
+            breaker: Breaker::default(),
             endpoint,
             counts: Arc::new(Counters::default()),
         })
@@ -234,7 +242,7 @@ impl S3Storage {
 
     fn put_single(&self, key: &str, data: &[u8], if_absent: bool) -> Result<PutOutcome> {
         let full = self.full_key(key);
-        self.retry.run(|| {
+        self.retry.run_with(Some(&self.breaker), || {
             let c = self.creds()?;
             let a = sign(self.bucket.put_object(c.as_deref(), &full), if_none_match(if_absent));
             let resp = self.send(Kind::Put, a, Body::Bytes(data), key, &[412])?;
@@ -253,7 +261,7 @@ impl S3Storage {
 
     fn put_multipart(&self, key: &str, body: &mut dyn Read, mut buf: Vec<u8>, if_absent: bool) -> Result<PutOutcome> {
         let full = self.full_key(key);
-        let upload_id = self.retry.run(|| {
+        let upload_id = self.retry.run_with(Some(&self.breaker), || {
             let c = self.creds()?;
             let a = sign(self.bucket.create_multipart_upload(c.as_deref(), &full), Vec::new());
             let mut resp = self.send(Kind::Other, a, Body::Empty, key, &[])?;
@@ -264,7 +272,7 @@ impl S3Storage {
         let result = self.upload_parts_and_complete(key, &full, &upload_id, body, &mut buf, if_absent);
         if !matches!(result, Ok(PutOutcome::Created)) {
             // Best effort: an upload left behind costs storage until the bucket's lifecycle rule removes it.
-            let _ = self.retry.run(|| {
+            let _ = self.retry.run_with(Some(&self.breaker), || {
                 let c = self.creds()?;
                 let a = sign(self.bucket.abort_multipart_upload(c.as_deref(), &full, &upload_id), Vec::new());
                 self.send(Kind::Delete, a, Body::Empty, key, &[404]).map(|_| ())
@@ -290,7 +298,7 @@ impl S3Storage {
                 .filter(|n| *n <= 10_000)
                 .ok_or_else(|| StorageError::Config(format!("{key}: object too large for a multipart upload")))?;
             let data = &buf[..len];
-            let etag = self.retry.run(|| {
+            let etag = self.retry.run_with(Some(&self.breaker), || {
                 let c = self.creds()?;
                 let a = sign(self.bucket.upload_part(c.as_deref(), full, part_number, upload_id), Vec::new());
                 let resp = self.send(Kind::Put, a, Body::Bytes(data), key, &[])?;
@@ -311,7 +319,7 @@ impl S3Storage {
         }
         buf.clear();
         buf.shrink_to_fit();
-        self.retry.run(|| {
+        self.retry.run_with(Some(&self.breaker), || {
             let c = self.creds()?;
             let parts = || etags.iter().map(String::as_str);
             let xml = CompleteMultipartUpload::body(self.bucket.complete_multipart_upload(
@@ -349,7 +357,7 @@ impl S3Storage {
 
     fn get_with_range(&self, key: &str, range: Option<(u64, u64)>) -> Result<ObjectReader> {
         let full = self.full_key(key);
-        let resp = self.retry.run(|| {
+        let resp = self.retry.run_with(Some(&self.breaker), || {
             let c = self.creds()?;
             let headers = match range {
                 Some((offset, len)) => vec![("range", format!("bytes={}-{}", offset, offset + len.max(1) - 1))],
@@ -396,7 +404,7 @@ impl Storage for S3Storage {
     ) -> Result<ListPage> {
         let full_prefix = self.full_key(prefix);
         let full_start = start_after.map(|s| self.full_key(s));
-        let parsed = self.retry.run(|| {
+        let parsed = self.retry.run_with(Some(&self.breaker), || {
             let c = self.creds()?;
             let mut a = self.bucket.list_objects_v2(c.as_deref());
             a.with_prefix(full_prefix.as_str());
@@ -437,7 +445,7 @@ impl Storage for S3Storage {
         for batch in keys.chunks(super::DELETE_BATCH_KEYS_MAX) {
             let ids: Vec<ObjectIdentifier> = batch.iter().map(|k| ObjectIdentifier::new(self.full_key(k))).collect();
             let first = batch.first().map(String::as_str).unwrap_or("");
-            let parsed = self.retry.run(|| {
+            let parsed = self.retry.run_with(Some(&self.breaker), || {
                 let c = self.creds()?;
                 // Quiet mode: the answer lists only the keys that failed.
                 let mut body = self.bucket.delete_objects(c.as_deref(), ids.iter());

@@ -8,12 +8,16 @@ use super::StorageError;
 /// Where backups live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// `prefix` is empty or ends with `/`.
+    /// `s3://BUCKET[/PREFIX]`.
     S3 {
+        /// The bucket name (3-63 characters of a-z, 0-9, `-` and `.`).
         bucket: String,
+        /// Prepended to every key: empty or ends with `/`, no leading `/`, no `//`, no `..` segment.
         prefix: String,
     },
+    /// `file:///ABS/DIR`: a local directory.
     File {
+        /// The directory, an absolute path with no `..` segment.
         root: PathBuf,
     },
 }
@@ -27,7 +31,8 @@ impl fmt::Display for Location {
     }
 }
 
-/// Parses a `-b` value.
+/// Parses a location (the CLI's `-b` value): `s3://BUCKET[/PREFIX]` or `file:///ABS/DIR`. Errors are
+/// [`StorageError::Config`].
 pub fn parse_location(s: &str) -> Result<Location, StorageError> {
     let bad = |why: &str| StorageError::Config(format!("invalid storage url '{s}': {why}"));
     if let Some(rest) = s.strip_prefix("s3://") {

@@ -302,3 +302,80 @@ pub fn restore_rows(
     walrust::restore::restore(s.as_ref(), "app", &o).unwrap_or_else(|e| panic!("restore {target:?}: {e}"));
     rows(out)
 }
+
+// ---- the fault-injecting proxy (scripts/fault-proxy) in front of the S3 test server ----
+
+/// `scripts/fault-proxy` running in front of `upstream`; killed on drop.
+pub struct FaultProxy {
+    child: Child,
+    pub port: u16,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str) -> FaultProxy {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fault-proxy");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--upstream", upstream, "--seed", &(now_ms() % 1_000_000).to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("fault-proxy printed {line:?}, not a port"));
+        FaultProxy { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn control(&self, method: &str, body: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "{method} /__fault__ HTTP/1.1\r\nHost: control\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "fault-proxy control: {out}");
+        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    }
+
+    /// Merges JSON settings (see the script's documentation), e.g. `{"error_rate": 0.15}`.
+    pub fn set(&self, json: &str) -> String {
+        self.control("POST", json)
+    }
+
+    /// Settings and counters as JSON.
+    pub fn stats(&self) -> String {
+        self.control("GET", "")
+    }
+
+    /// One numeric counter or setting.
+    pub fn stat(&self, key: &str) -> f64 {
+        let s = self.stats();
+        let at = s.find(&format!("\"{key}\": ")).unwrap_or_else(|| panic!("no {key} in {s}"));
+        let rest = &s[at + key.len() + 4..];
+        rest[..rest.find([',', '}']).unwrap()].trim().parse().unwrap()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

@@ -1,0 +1,241 @@
+//! The embedding API: a [`Replicator`] replicates any number of databases from inside an application, one
+//! thread each, exactly as `walrust watch` does (the CLI is built on it).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use walrust::{Replicator, WatchOptions};
+//!
+//! # fn main() -> walrust::Result<()> {
+//! let replicator = Replicator::open("file:///var/backups/walrust")?;
+//! replicator.add("app.db", WatchOptions::new("app"))?;
+//! // ... the application commits a transaction on app.db, then:
+//! let durable = replicator.flush("app.db", Duration::from_secs(10))?;
+//! println!("in storage up to seq {} of generation {}", durable.seq, durable.generation);
+//! replicator.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::metrics::Registry;
+use crate::storage::{self, OpenOptions, StorageRef};
+use crate::watch::{Durable, Flusher, WatchOptions, Watcher};
+use crate::webhook::Webhooks;
+
+/// Replicates databases to one storage location; each added database runs its loop on its own thread until it
+/// is removed, ends with an error, or the replicator shuts down. Share it between threads with an `Arc`.
+pub struct Replicator {
+    storage: StorageRef,
+    metrics: Option<Arc<Registry>>,
+    webhooks: Option<Webhooks>,
+    running: Mutex<BTreeMap<PathBuf, Running>>,
+}
+
+/// One database's thread.
+struct Running {
+    name: String,
+    stop: Arc<AtomicBool>,
+    flusher: Arc<Flusher>,
+    handle: JoinHandle<Result<()>>,
+}
+
+/// A database whose loop ended on its own (see [`Replicator::reap`]).
+#[derive(Debug)]
+pub struct Ended {
+    /// The database file, as given to [`Replicator::add`].
+    pub path: PathBuf,
+    /// The database's name in storage.
+    pub name: String,
+    /// `Ok` when it stopped cleanly; the error it stopped with otherwise.
+    pub result: Result<()>,
+}
+
+impl Replicator {
+    /// Opens `location` (`s3://BUCKET[/PREFIX]` or `file:///ABS/DIR`, created if missing) with credentials,
+    /// region and endpoint from the environment as the CLI does, and checks that the storage honours
+    /// create-if-absent writes (which fencing rests on).
+    pub fn open(location: &str) -> Result<Replicator> {
+        let location = storage::parse_location(location)?;
+        let storage = storage::open(&location, &OpenOptions { create: true, ..Default::default() })?;
+        check_storage(storage.as_ref(), false)?;
+        Ok(Replicator::new(storage))
+    }
+
+    /// A replicator on an opened storage (no checks: see [`check_storage`]).
+    pub fn new(storage: StorageRef) -> Replicator {
+        Replicator { storage, metrics: None, webhooks: None, running: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Publishes every database's numbers to `registry` (serve it with `metrics::serve`). Set before `add`.
+    pub fn with_metrics(mut self, registry: Arc<Registry>) -> Replicator {
+        self.metrics = Some(registry);
+        self
+    }
+
+    /// Sends webhook events (a database's uploads keep failing) through `webhooks`. Set before `add`.
+    pub fn with_webhooks(mut self, webhooks: Webhooks) -> Replicator {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
+    /// The storage databases are replicated to.
+    pub fn storage(&self) -> &StorageRef {
+        &self.storage
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<PathBuf, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts replicating the database at `db` (WAL mode) under `opts.name`: resumes its chain or starts a new
+    /// generation with a snapshot (as `walrust watch` does), then runs its loop on a new thread. Errors when it
+    /// cannot start (not a WAL database, fenced, storage unreachable) or is already added.
+    pub fn add(&self, db: impl AsRef<Path>, opts: WatchOptions) -> Result<()> {
+        let db = db.as_ref().to_path_buf();
+        {
+            let running = self.lock();
+            if running.contains_key(&db) {
+                return Err(Error::Usage(format!("{} is already being replicated", db.display())));
+            }
+            if running.values().any(|r| r.name == opts.name) {
+                return Err(Error::Usage(format!("the name '{}' is already in use", opts.name)));
+            }
+        }
+        // Errors from start name the database's path themselves.
+        let w = Watcher::start(&db, Arc::clone(&self.storage), opts)?;
+        self.spawn(w)
+    }
+
+    /// Runs an already started watcher on its own thread.
+    pub fn spawn(&self, mut w: Watcher) -> Result<()> {
+        if let Some(r) = &self.metrics {
+            w.set_metrics(Arc::clone(r));
+        }
+        if let Some(h) = &self.webhooks {
+            w.set_webhooks(h.clone());
+        }
+        let flusher = w.flusher();
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = w.name().to_string();
+        let path = w.db_path().to_path_buf();
+        let thread_stop = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name(format!("walrust-db-{name}"))
+            .stack_size(256 * 1024)
+            .spawn(move || w.run(&thread_stop).map_err(|e| e.context(w.db_path().display())))
+            .map_err(|e| Error::io("starting a replication thread", e))?;
+        self.lock().insert(path, Running { name, stop, flusher, handle });
+        Ok(())
+    }
+
+    /// Stops replicating `db` after shipping everything committed. `None` when it was not being replicated.
+    pub fn remove(&self, db: impl AsRef<Path>) -> Option<Result<()>> {
+        let r = self.lock().remove(db.as_ref())?;
+        r.stop.store(true, Ordering::Relaxed);
+        Some(join(r))
+    }
+
+    /// Ships everything `db` has committed so far, ignoring the upload interval, and waits until it is in
+    /// storage: when this returns `Ok`, every transaction committed before the call survives the loss of this
+    /// machine. Errors after `timeout` (with the last storage error) or when the database's loop stopped.
+    pub fn flush(&self, db: impl AsRef<Path>, timeout: Duration) -> Result<Durable> {
+        let flusher = self.flusher_of(db.as_ref())?;
+        flusher.flush(timeout)
+    }
+
+    /// Where `db`'s replicated state stands now (without waiting), if it is being replicated.
+    pub fn durable(&self, db: impl AsRef<Path>) -> Option<Durable> {
+        self.flusher_of(db.as_ref()).ok()?.durable()
+    }
+
+    fn flusher_of(&self, db: &Path) -> Result<Arc<Flusher>> {
+        match self.lock().get(db) {
+            Some(r) => Ok(Arc::clone(&r.flusher)),
+            None => Err(Error::NotFound(format!("{} is not being replicated", db.display()))),
+        }
+    }
+
+    /// The databases being replicated: (path, name).
+    pub fn databases(&self) -> Vec<(PathBuf, String)> {
+        self.lock().iter().map(|(p, r)| (p.clone(), r.name.clone())).collect()
+    }
+
+    /// Whether `db` is being replicated.
+    pub fn contains(&self, db: impl AsRef<Path>) -> bool {
+        self.lock().contains_key(db.as_ref())
+    }
+
+    /// Collects the databases whose loop ended on its own (an error, or the file was deleted or replaced);
+    /// they are no longer replicated and can be added again.
+    pub fn reap(&self) -> Vec<Ended> {
+        let ended: Vec<(PathBuf, Running)> = {
+            let mut running = self.lock();
+            let paths: Vec<PathBuf> =
+                running.iter().filter(|(_, r)| r.handle.is_finished()).map(|(p, _)| p.clone()).collect();
+            paths.into_iter().filter_map(|p| running.remove(&p).map(|r| (p, r))).collect()
+        };
+        ended.into_iter().map(|(path, r)| Ended { path, name: r.name.clone(), result: join(r) }).collect()
+    }
+
+    /// Stops every database after shipping what each has committed, and waits for them. Returns the first
+    /// error any of them stopped with; every database is drained either way.
+    pub fn shutdown(self) -> Result<()> {
+        self.shutdown_each().into_iter().find_map(|e| e.result.err()).map_or(Ok(()), Err)
+    }
+
+    /// Like `shutdown`, reporting each database's outcome.
+    pub fn shutdown_each(self) -> Vec<Ended> {
+        let running = std::mem::take(&mut *self.lock());
+        for r in running.values() {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+        running.into_iter().map(|(path, r)| Ended { path, name: r.name.clone(), result: join(r) }).collect()
+    }
+}
+
+impl Drop for Replicator {
+    /// Dropping a replicator drains its databases like `shutdown` (errors are logged).
+    fn drop(&mut self) {
+        let running = std::mem::take(&mut *self.lock());
+        for r in running.values() {
+            r.stop.store(true, Ordering::Relaxed);
+        }
+        for (_, r) in running {
+            if let Err(e) = join(r) {
+                crate::log::error(&e.to_string());
+            }
+        }
+    }
+}
+
+fn join(r: Running) -> Result<()> {
+    r.handle.join().unwrap_or_else(|_| Err(Error::Other(format!("{}: replication thread panicked", r.name))))
+}
+
+/// Checks that `storage` refuses a second create-if-absent write of one key (some S3 implementations ignore
+/// `If-None-Match: *`, FIELD-NOTES 11); without it a second writer could overwrite backups unnoticed. With
+/// `allow_unsafe` such a store is only warned about.
+pub fn check_storage(storage: &dyn storage::Storage, allow_unsafe: bool) -> Result<()> {
+    if storage::honours_create_if_absent(storage).map_err(|e| Error::from(e).context("probing the storage"))? {
+        return Ok(());
+    }
+    let msg = format!(
+        "{} accepted a second create-if-absent write of the same key (If-None-Match: * is ignored): a second \
+         writer could overwrite backups unnoticed",
+        storage.describe()
+    );
+    if !allow_unsafe {
+        return Err(Error::Usage(format!(
+            "{msg}; use a store that honours conditional writes, or --allow-unsafe-storage"
+        )));
+    }
+    crate::log::warn(&format!("{msg}; continuing because of --allow-unsafe-storage"));
+    Ok(())
+}

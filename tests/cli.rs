@@ -1,0 +1,228 @@
+//! The command line as users and their tools meet it: `watch --exec` supervising an application, restore's
+//! progress line on a terminal (and silence elsewhere), and every command's `--help` with examples.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{app, restore_ok, rows, temp_dir, walrust, walrust_bin, Backend};
+
+/// A small application for `--exec`: `app.py DB MODE`. MODE `exit3` commits 50 rows and exits with status 3;
+/// `until-term` commits a row every 20 ms until SIGTERM, then commits 'bye' and exits 0.
+const APP_PY: &str = r#"
+import signal, sqlite3, sys, time
+db, mode = sys.argv[1], sys.argv[2]
+c = sqlite3.connect(db, isolation_level=None)
+c.execute("PRAGMA busy_timeout=5000")
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+if mode == "exit3":
+    for i in range(50):
+        c.execute("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
+    sys.exit(3)
+i = 0
+while not stop:
+    c.execute("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
+    i += 1
+    time.sleep(0.02)
+c.execute("INSERT INTO t(v) VALUES ('bye')")
+"#;
+
+fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let db = dir.join("app.db");
+    app(&db).execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").unwrap();
+    let script = dir.join("app.py");
+    std::fs::write(&script, APP_PY).unwrap();
+    (db, script)
+}
+
+fn watch_exec(db: &Path, b: &Backend, exec: &str, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(walrust_bin())
+        .arg("watch")
+        .arg(db)
+        .args(b.args())
+        .args(["--interval", "100ms", "--exec", exec])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn wait_exit(child: &mut std::process::Child, secs: u64) -> i32 {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st.code().expect("walrust exits, it is not killed");
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "walrust did not exit within {secs}s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The application exits by itself: walrust ships its last commits and exits with the application's status.
+fn exec_exit_status_and_final_sync(dir: &Path, b: &Backend) {
+    let (db, script) = setup(dir);
+    let log = dir.join("watch.log");
+    let exec = format!("python3 '{}' '{}' exit3", script.display(), db.display());
+    let mut w = watch_exec(&db, b, &exec, &log);
+    let code = wait_exit(&mut w, 60);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, 3, "the application's status: {text}");
+    assert!(text.contains("exited with status 3"), "{text}");
+    let out = dir.join("restored.db");
+    restore_ok(b, "app", &out, &[]);
+    assert_eq!(rows(&out).len(), 50);
+    assert_eq!(rows(&out), rows(&db), "everything the application committed was shipped before exit");
+}
+
+/// SIGTERM to walrust reaches the application, which commits a last row and exits 0; walrust ships it and exits 0.
+fn exec_forwards_sigterm(dir: &Path, b: &Backend) {
+    let (db, script) = setup(dir);
+    let log = dir.join("watch.log");
+    let exec = format!("python3 {} {} until-term", script.display(), db.display());
+    let mut w = watch_exec(&db, b, &exec, &log);
+    let t = Instant::now();
+    while rows(&db).len() < 20 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the application did not start writing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    support::signal(&w, "-TERM");
+    let code = wait_exit(&mut w, 60);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, 0, "{text}");
+    let source = rows(&db);
+    assert_eq!(source.last().unwrap().1, "bye", "the application got SIGTERM and finished cleanly");
+    let out = dir.join("restored.db");
+    restore_ok(b, "app", &out, &[]);
+    assert_eq!(rows(&out), source, "the application's last commit after the signal was shipped");
+}
+
+on_both_backends!(exec_exit_status_and_final_sync, exec_forwards_sigterm);
+
+#[test]
+fn exec_errors_are_one_line() {
+    let dir = temp_dir("exec-errors");
+    let (db, _) = setup(&dir);
+    let b = Backend::file(&dir);
+    let bargs = b.args();
+    let mut args = vec!["watch", db.to_str().unwrap()];
+    args.extend(bargs.iter().map(String::as_str));
+    for (exec, code, needle) in [
+        ("python3 'unterminated", 2, "unterminated single quote"),
+        ("   ", 2, "empty command"),
+        ("/nonexistent/app --flag", 1, "cannot start '/nonexistent/app'"),
+    ] {
+        let mut a = args.clone();
+        a.extend(["--exec", exec]);
+        let o = walrust(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("walrust: ")).collect();
+        assert_eq!(o.status.code(), Some(code), "{exec}: {err}");
+        assert_eq!(errors.len(), 1, "{exec}: {err}");
+        assert!(errors[0].contains(needle), "{exec}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // An application killed by a signal: 128 + the signal, as a shell reports it.
+    let mut a = args.clone();
+    a.extend(["--exec", "sh -c 'kill -9 $$'"]);
+    assert_eq!(walrust(&a).status.code(), Some(137));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `walrust ARGS` on a pseudo-terminal (Python's pty module) and returns everything it printed.
+fn on_tty(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    const PTY_PY: &str = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode("utf-8", "replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(PTY_PY)
+        .arg(walrust_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+#[test]
+fn restore_progress_on_a_terminal_only() {
+    let dir = temp_dir("progress");
+    let b = Backend::file(&dir);
+    let db = dir.join("big.db");
+    let c = app(&db);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)").unwrap();
+    for _ in 0..40 {
+        c.execute("INSERT INTO t(v) VALUES (randomblob(100000))", []).unwrap();
+    }
+    let bargs = b.args();
+    let mut snap = vec!["snapshot", db.to_str().unwrap()];
+    snap.extend(bargs.iter().map(String::as_str));
+    assert!(walrust(&snap).status.success());
+    let restore = |out: &str, extra: &[&'static str]| {
+        let mut a = vec!["restore", "big", "-o"];
+        a.push(out);
+        a.extend(bargs.iter().map(String::as_str));
+        a.extend(extra);
+        a.into_iter().map(String::from).collect::<Vec<String>>()
+    };
+    let now = [("WALRUST_PROGRESS_AFTER_MS", "0")];
+
+    // A terminal: a progress line with bytes, rate, and a final 100%.
+    let out1 = dir.join("r1.db");
+    let a = restore(out1.to_str().unwrap(), &[]);
+    let (code, text) = on_tty(&a.iter().map(String::as_str).collect::<Vec<_>>(), &now);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("restoring big: ") && text.contains("(100%)") && text.contains("/s"), "{text}");
+    assert!(text.contains("restored 'big'"), "{text}");
+
+    // --quiet on a terminal: nothing at all.
+    let out2 = dir.join("r2.db");
+    let a = restore(out2.to_str().unwrap(), &["--quiet"]);
+    let (code, text) = on_tty(&a.iter().map(String::as_str).collect::<Vec<_>>(), &now);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(text.trim(), "", "--quiet prints nothing");
+
+    // Not a terminal (a pipe, a log file): no progress line, the one-line summary only.
+    let out3 = dir.join("r3.db");
+    let a = restore(out3.to_str().unwrap(), &[]);
+    let o = Command::new(walrust_bin()).args(&a).envs(now).output().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("restoring big: ") && !err.contains('\r'), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for out in [&out1, &out2, &out3] {
+        assert_eq!(support::digest(out), support::digest(&db));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_command_help_has_examples() {
+    for cmd in ["watch", "restore", "snapshot", "verify", "list", "compact", "explain", "replicate"] {
+        let o = walrust(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd} --help");
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.starts_with("Usage: walrust "), "{cmd}: {text}");
+        let examples = text.split("Examples:").nth(1).unwrap_or_else(|| panic!("{cmd} --help has no Examples"));
+        assert!(examples.lines().any(|l| l.trim_start().starts_with(&format!("walrust {cmd}"))), "{cmd}: {text}");
+    }
+}
