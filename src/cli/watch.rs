@@ -412,14 +412,23 @@ fn watch(r: Resolved) -> Result<i32> {
                         };
                         h.notify(event, &ended.name, &e.to_string());
                     }
-                    given_up.insert(ended.path, std::time::Instant::now());
+                    // A database from the config is looked at again after a while (it may be fixed or
+                    // replaced); one named on the command line has stopped for good.
+                    if discovery.is_dynamic() {
+                        given_up.insert(ended.path, std::time::Instant::now());
+                    }
                     first_err.get_or_insert(e);
                 }
             }
         }
-        let reloading = reload.swap(false, Ordering::Relaxed);
-        // Databases named on the command line are fixed: only those that could not start are tried again.
+        // Databases named on the command line are fixed: only those that could not start are tried again, and
+        // when none is left (all stopped or deleted) and no application runs under --exec, watch exits.
         let fixed = !discovery.is_dynamic();
+        if fixed && child.is_none() && given_up.is_empty() && replicator.databases().is_empty() {
+            log::info("no database left to watch; exiting");
+            break;
+        }
+        let reloading = reload.swap(false, Ordering::Relaxed);
         if (fixed && given_up.is_empty()) || (!reloading && last_discovery.elapsed() < DISCOVERY_INTERVAL) {
             continue;
         }
