@@ -251,10 +251,12 @@ impl S3Storage {
     }
 
     fn put_body(&self, key: &str, body: &mut dyn Read, if_absent: bool) -> Result<PutOutcome> {
-        let mut buf = vec![0u8; PART_SIZE];
-        let n = super::read_full(body, &mut buf).map_err(|e| read_error(key, e))?;
-        if n < PART_SIZE {
-            return self.put_single(key, &buf[..n], if_absent);
+        // Only as much memory as the body needs: most objects are a few KiB (a zero-filled 8 MiB buffer per
+        // upload, kept by the allocator, once cost 8 MiB per database uploading at that moment).
+        let mut buf = Vec::new();
+        Read::take(&mut *body, PART_SIZE as u64).read_to_end(&mut buf).map_err(|e| read_error(key, e))?;
+        if buf.len() < PART_SIZE {
+            return self.put_single(key, &buf, if_absent);
         }
         self.put_multipart(key, body, buf, if_absent)
     }
