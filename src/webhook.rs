@@ -36,12 +36,16 @@ impl std::fmt::Debug for WebhookConfig {
 #[derive(Clone)]
 pub struct Webhooks {
     tx: SyncSender<String>,
+    /// Events queued and not yet sent or given up on (see `wait_sent`).
+    pending: std::sync::Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>,
 }
 
 impl Webhooks {
     /// Starts the sender thread.
     pub fn start(cfg: WebhookConfig) -> std::io::Result<Webhooks> {
         let (tx, rx) = sync_channel::<String>(QUEUE);
+        let pending = std::sync::Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+        let done = std::sync::Arc::clone(&pending);
         std::thread::Builder::new().name("walrust-webhooks".into()).stack_size(128 * 1024).spawn(move || {
             let agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -50,9 +54,26 @@ impl Webhooks {
                 .new_agent();
             for body in rx {
                 send(&agent, &cfg, &body);
+                let mut n = done.0.lock().unwrap_or_else(|p| p.into_inner());
+                *n = n.saturating_sub(1);
+                done.1.notify_all();
             }
         })?;
-        Ok(Webhooks { tx })
+        Ok(Webhooks { tx, pending })
+    }
+
+    /// Waits (at most `timeout`) until every queued event was sent or given up on: a process about to exit
+    /// calls this so that the event explaining why is not lost with it.
+    pub fn wait_sent(&self, timeout: Duration) {
+        let end = std::time::Instant::now() + timeout;
+        let mut n = self.pending.0.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            let Some(left) = end.checked_duration_since(std::time::Instant::now()) else { return };
+            n = match self.pending.1.wait_timeout(n, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
     }
 
     /// Queues an event; never blocks.
@@ -64,8 +85,9 @@ impl Webhooks {
             json_string(message),
             json_string(&crate::restore::fmt_ms(crate::watch::now_ms()))
         );
+        let mut n = self.pending.0.lock().unwrap_or_else(|p| p.into_inner());
         match self.tx.try_send(body) {
-            Ok(()) => {}
+            Ok(()) => *n += 1,
             Err(TrySendError::Full(_)) => log::warn(&format!("webhook queue full; dropped the {event} event for {db}")),
             Err(TrySendError::Disconnected(_)) => {}
         }

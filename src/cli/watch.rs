@@ -510,6 +510,10 @@ fn watch(r: Resolved) -> Result<i32> {
             first_err.get_or_insert(e);
         }
     }
+    // The events explaining an exit (a database stopped, fenced, corrupt) go out before the process ends.
+    if let Some(h) = &webhooks {
+        h.wait_sent(std::time::Duration::from_secs(10));
+    }
     match (first_err, child_status) {
         (Some(e), _) => Err(e),
         (None, Some(code)) => {
