@@ -224,6 +224,14 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
                 _ => Err(bad("a non-empty string in quotes")),
             }
         };
+        // A database's name in the bucket (`[[databases]]` and `[[replicas]]`).
+        let db_name = |v: &Value| -> Result<String> {
+            let n = string(v)?;
+            if !crate::keys::valid_name(&n) {
+                return Err(err(line, format!("name: invalid name '{n}' (letters, digits, '.', '_', '-')")));
+            }
+            Ok(n)
+        };
         let sync_key = |sync: &mut Sync, v: &Value| -> Result<bool> {
             match key {
                 "interval" => sync.interval = Some(duration(v)?),
@@ -302,14 +310,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
                 let r = cfg.replicas.last_mut().ok_or_else(|| err(line, "key outside a section".into()))?;
                 match key {
                     "name" => {
-                        let n = string(&value)?;
-                        if !crate::keys::valid_name(&n) {
-                            return Err(err(
-                                line,
-                                format!("name: invalid name '{n}' (letters, digits, '.', '_', '-')"),
-                            ));
-                        }
-                        r.name = n;
+                        r.name = db_name(&value)?;
                         true
                     }
                     "local" => {
@@ -335,14 +336,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
                         true
                     }
                     "name" => {
-                        let n = string(&value)?;
-                        if !crate::keys::valid_name(&n) {
-                            return Err(err(
-                                line,
-                                format!("name: invalid name '{n}' (letters, digits, '.', '_', '-')"),
-                            ));
-                        }
-                        db.name = Some(n);
+                        db.name = Some(db_name(&value)?);
                         true
                     }
                     _ => sync_key(&mut db.sync, &value)?,

@@ -100,6 +100,16 @@ impl StorageArgs {
     }
 }
 
+/// `--log-format text|json`.
+pub(crate) fn set_log_format(v: &str) -> Result<()> {
+    match v {
+        "json" => crate::log::set_json(true),
+        "text" => crate::log::set_json(false),
+        other => return Err(Error::Usage(format!("--log-format: expected text or json, not '{other}'"))),
+    }
+    Ok(())
+}
+
 /// Parses a count flag (`--daily 7`).
 pub(crate) fn parse_count(flag: &str, v: &str) -> Result<u32> {
     v.parse().map_err(|_| Error::Usage(format!("{flag}: '{v}' is not a non-negative integer")))

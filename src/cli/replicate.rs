@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{parse_duration, string, usage, value_string, StorageArgs};
+use crate::cli::{parse_duration, set_log_format, string, usage, value_string, StorageArgs};
 use crate::config;
 use crate::error::{Error, Result};
 use crate::log;
@@ -56,11 +56,7 @@ pub fn run(mut parser: lexopt::Parser) -> Result<i32> {
                 interval = Some(parse_duration("--interval", &value_string(&mut parser)?)?);
             }
             lexopt::Arg::Long("config") => config_path = Some(PathBuf::from(value_string(&mut parser)?)),
-            lexopt::Arg::Long("log-format") => match value_string(&mut parser)?.as_str() {
-                "json" => log::set_json(true),
-                "text" => log::set_json(false),
-                other => return Err(Error::Usage(format!("--log-format: expected text or json, not '{other}'"))),
-            },
+            lexopt::Arg::Long("log-format") => set_log_format(&value_string(&mut parser)?)?,
             lexopt::Arg::Short('v') | lexopt::Arg::Long("verbose") => log::set_level(log::Level::Debug),
             lexopt::Arg::Short('h') | lexopt::Arg::Long("help") => {
                 println!("{USAGE}");

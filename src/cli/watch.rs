@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::cli::exec;
-use crate::cli::{parse_count, parse_duration, parse_size, usage, value_string, StorageArgs};
+use crate::cli::{parse_count, parse_duration, parse_size, set_log_format, usage, value_string, StorageArgs};
 use crate::config;
 use crate::error::{Error, Result};
 use crate::keys;
@@ -145,11 +145,7 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
             lexopt::Arg::Long("keep-monthly") => {
                 keep.monthly = Some(parse_count("--keep-monthly", &value_string(&mut parser)?)?)
             }
-            lexopt::Arg::Long("log-format") => match value_string(&mut parser)?.as_str() {
-                "json" => log::set_json(true),
-                "text" => log::set_json(false),
-                other => return Err(Error::Usage(format!("--log-format: expected text or json, not '{other}'"))),
-            },
+            lexopt::Arg::Long("log-format") => set_log_format(&value_string(&mut parser)?)?,
             lexopt::Arg::Short('v') | lexopt::Arg::Long("verbose") => log::set_level(log::Level::Debug),
             lexopt::Arg::Short('h') | lexopt::Arg::Long("help") => {
                 println!("{help}");
