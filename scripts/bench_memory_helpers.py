@@ -1,165 +1,550 @@
 #!/usr/bin/env python3
-"""Memory benchmark driver, run by scripts/bench-memory (which builds and starts S3 first).
+"""Many-databases memory benchmark (issue #4), run by scripts/bench-memory (which builds walrust, installs
+Litestream 0.5.17 into .venv and starts S3 first). Python 3 standard library only; reuses scripts/bench_helpers.py.
 
-For each backend (s3, file) it measures, and prints one line each plus a final table:
-  - storage upload/download of SIZE MiB (target/release/examples/bench_storage, which reports its own VmHWM);
-  - `walrust watch` taking the first snapshot of a SIZE MiB SQLite database (peak RSS of the watch process);
-  - `walrust restore` of it (peak RSS, speed), checked against the source by a hash of every row.
-Peak RSS of a child is its own ru_maxrss, from os.wait4 on its pid.
+For each N in BENCH_MEM_COUNTS (default 1,10,100,1000):
+  1. 2N databases of ~100 KB (WAL mode; copies of one template made with bench_helpers.make_db), N per tool in
+     separate directories. ONE `walrust watch --config walrust.toml` ([[databases]] path = "DIR/*.db", interval 1s,
+     [metrics] listen on a free port) and ONE `litestream replicate` (a config listing the N databases, sync-interval
+     1s, `addr` for its Prometheus metrics), both against the same S3 server, started together. Waits (at most
+     BENCH_MEM_READY_SECS, default 300) until walrust logged "generation ... started at seq" and Litestream
+     "snapshot complete" once per database. walrust not ready in time, or exited: an error (exit 1). Litestream
+     not ready in time: noted in the table ("k/N snapshots"), it keeps running; Litestream exited: its log tail is
+     printed and the case goes on with walrust alone.
+  2. Busy: one writer process (bench_helpers.run_writer) holds all 2N connections and commits one ~200-byte row per
+     database per second, round-robin, for BENCH_MEM_SECS (default 60). Then VmRSS and VmHWM (peak over the whole
+     life of the process, initial snapshots included) of each tool from /proc/PID/status.
+  3. Drain: until walrust's request counters stood still for 3 s (at most 30 s), so the last writes' uploads are
+     not counted as idle. Idle: no writes for BENCH_MEM_IDLE_SECS (default 60). CPU = utime + stime from /proc/PID/stat (clock ticks)
+     over the phase, shown as CPU seconds per minute (1.2 s/min = 2% of one core). S3 requests in the phase:
+     walrust's walrust_storage_requests_total{kind} (difference of /metrics before and after); Litestream's
+     litestream_replica_operation_total (its own metrics; "n/a" if it exposes none).
+  4. Where walrust's memory goes, from /proc/PID/smaps, after the busy and after the idle phase: Rss of the walrust
+     binary's mappings (text, data); shared libraries and other files; [heap]; malloc arenas (anonymous rw-p
+     mappings followed by a PROT_NONE reservation: glibc's per-thread arenas); thread stacks (approximation:
+     anonymous rw-p mappings directly preceded by a PROT_NONE guard of <= 64 KiB, glibc's pthread stack layout);
+     other anonymous mappings (large buffers mmap'd by malloc above its threshold); the main [stack]; mappings of
+     -shm files (SQLite's shared-memory index, one per connection) and how many; threads (status `Threads:` and
+     /proc/PID/task, with thread names grouped) and open fds by kind (/proc/PID/fd). Per database = (value at N -
+     value at the smallest N) / (N - smallest N).
+  5. A summary table (markdown) and the issue's targets: walrust peak RSS <= 8 MB at 100 databases and <= 24 MB at
+     1000 (MB = 10^6 bytes), below a quarter of Litestream's at 100; idle CPU < 2% of one core at 1000 (< 1.2 CPU
+     s/min); zero S3 requests while idle. Exit 0 even when a target is missed.
 
-Environment: WALRUST_BENCH_MIB (default 1024), WALRUST_TEST_S3_ENDPOINT, WALRUST_TEST_S3_BUCKET, AWS_*.
-The source database is cached in ${TMPDIR:-/tmp}/walrust-bench/; everything else is deleted afterwards.
-Exit status 1 when a target is missed or a round trip is not equal.
+Environment: BENCH_MEM_COUNTS, BENCH_MEM_SECS, BENCH_MEM_IDLE_SECS, BENCH_MEM_READY_SECS (integers),
+BENCH_KEEP=1 keeps the work dir; WALRUST_TEST_S3_ENDPOINT, WALRUST_TEST_S3_BUCKET, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_REGION (scripts/s3-start). Litestream runs with AWS_CA_BUNDLE unset.
 """
-import hashlib
 import os
 import re
 import shutil
-import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import bench_helpers as bh  # noqa: E402
 import s3util  # noqa: E402
 
-TARGET_MIB = 64
-WALRUST = "target/release/walrust"
-BENCH_STORAGE = "target/release/examples/bench_storage"
-MIB = int(os.environ.get("WALRUST_BENCH_MIB", "1024"))
-ENDPOINT = os.environ["WALRUST_TEST_S3_ENDPOINT"]
-BUCKET = os.environ["WALRUST_TEST_S3_BUCKET"]
-CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "walrust-bench")
-rows = []  # (measurement, backend, peak MiB, seconds, MiB/s, ok)
+COUNTS = [int(x) for x in os.environ.get("BENCH_MEM_COUNTS", "1,10,100,1000").split(",") if x.strip()]
+BUSY_SECS = int(os.environ.get("BENCH_MEM_SECS", "60"))
+IDLE_SECS = int(os.environ.get("BENCH_MEM_IDLE_SECS", "60"))
+READY_SECS = int(os.environ.get("BENCH_MEM_READY_SECS", "300"))
+CLK = os.sysconf("SC_CLK_TCK")
+MB = 1e6
+log = bh.log
 
 
-def log(msg):
-    print(msg, flush=True)
+class Broken(Exception):
+    """walrust (or the bench itself) failed: the run exits non-zero."""
 
 
-def record(what, backend, peak_mib, secs, mib, ok=True):
-    rate = mib / secs if secs > 0 else 0.0
-    log(f"{what} ({backend}): peak RSS {peak_mib:.1f} MiB, {secs:.1f} s, {rate:.0f} MiB/s")
-    rows.append((what, backend, peak_mib, secs, rate, ok and peak_mib < TARGET_MIB))
+# ---------------------------------------------------------------------------------------------------------------
+# The two processes
+# ---------------------------------------------------------------------------------------------------------------
+
+class Proc(bh.Tool):
+    """bench_helpers.Tool (ready_count, memory, metrics, stop) started from a config file with metrics on."""
+
+    def __init__(self, name, dbdir, dbs, prefix, work):
+        self.name, self.dbs, self.prefix, self.work = name, dbs, prefix, work
+        self.log_path = os.path.join(work, f"{name}.log")
+        self.metrics_port = bh.free_port()
+        env = dict(os.environ)
+        if name == "walrust":
+            self.config = os.path.join(work, "walrust.toml")
+            with open(self.config, "w") as f:
+                f.write(f'[s3]\nbucket = "s3://{bh.BUCKET}/{prefix}"\nendpoint = "{bh.ENDPOINT}"\n'
+                        f'[sync]\ninterval = "{bh.INTERVAL}"\n'
+                        f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n'
+                        f'[[databases]]\npath = "{dbdir}/*.db"\n')
+            cmd = [bh.WALRUST, "watch", "--config", self.config]
+        else:
+            env.pop("AWS_CA_BUNDLE", None)
+            self.config = os.path.join(work, "litestream.yml")
+            with open(self.config, "w") as f:
+                f.write(f'addr: "127.0.0.1:{self.metrics_port}"\ndbs:\n')
+                for db in dbs:
+                    f.write(f"  - path: {db}\n    replica:\n      type: s3\n      bucket: {bh.BUCKET}\n"
+                            f"      path: {prefix}/{bh.stem(db)}\n      endpoint: {bh.ENDPOINT}\n"
+                            f"      region: {bh.REGION}\n      force-path-style: true\n"
+                            f"      sync-interval: {bh.INTERVAL}\n")
+            cmd = [bh.LITESTREAM, "replicate", "-config", self.config]
+        self.err = open(self.log_path, "w")
+        self.p = subprocess.Popen(cmd, stdout=self.err, stderr=subprocess.STDOUT, env=env)
+        self.pid = self.p.pid
+        self.ready_at = None  # seconds after start when every database had its initial snapshot
+        self.started = time.time()
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def cpu(self):
+        """utime + stime of the process (all threads), in seconds."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK
+
+    def requests(self):
+        """Storage requests so far, {kind: count}; None when the tool exposes no such counter."""
+        try:
+            if self.name == "walrust":
+                return self.metrics()
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError as e:
+            log(f"{self.name}: /metrics unreadable: {e}")
+            return None
+        out = {}
+        for m in re.finditer(r'^litestream_replica_operation_total\{([^}]*)\} (\S+)', text, re.M):
+            op = re.search(r'operation="([^"]*)"', m[1])
+            k = op[1] if op else "?"
+            out[k] = out.get(k, 0) + float(m[2])
+        return out if out else None
+
+    def tail(self, n=1500):
+        return self.log_text()[-n:]
 
 
-def run_measured(cmd, stderr_path, until=None, timeout=1800):
-    """Runs cmd; with `until`, waits for that regex in its stderr, then SIGTERMs it.
-    Returns (exit code, peak RSS MiB, seconds until the regex matched or the process exited)."""
-    with open(stderr_path, "w") as err:
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-    start, secs = time.monotonic(), None
-    while True:  # os.wait4 (not Popen.wait) so that the child's own rusage is returned
-        pid, status, usage = os.wait4(p.pid, os.WNOHANG if until else 0)
-        if pid:
-            break
-        if secs is None and re.search(until, open(stderr_path).read()):
-            secs = time.monotonic() - start
-            p.send_signal(signal.SIGTERM)
-        elif time.monotonic() - start > timeout:
-            p.kill()
-        time.sleep(0.05)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if secs is None:
-        secs = time.monotonic() - start
-    if p.returncode != 0 or (until and not re.search(until, open(stderr_path).read())):
-        log(f"  {' '.join(cmd[:2])} exited {p.returncode}; stderr tail:\n" + open(stderr_path).read()[-2000:])
-    return p.returncode, usage.ru_maxrss / 1024, secs
+def wait_ready(procs, timeout):
+    """Waits until every process has its initial snapshots, has exited, or the deadline passed (whichever first,
+    per process). Sets .ready_at."""
+    deadline = time.time() + timeout
+    pending = list(procs)
+    last_report = time.time()
+    while pending and time.time() < deadline:
+        for p in list(pending):
+            if p.ready_count() >= len(p.dbs):
+                p.ready_at = time.time() - p.started
+                log(f"{p.name}: {len(p.dbs)} initial snapshots in {p.ready_at:.1f} s")
+                pending.remove(p)
+            elif not p.alive():
+                pending.remove(p)
+        if time.time() - last_report > 30:
+            last_report = time.time()
+            log("waiting for initial snapshots: " + ", ".join(f"{p.name} {p.ready_count()}/{len(p.dbs)}"
+                                                             for p in pending))
+        time.sleep(0.5)
 
 
-def content_hash(path):
-    """SHA-256 over every row of t, in id order, plus the integrity check result."""
-    h = hashlib.sha256()
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    for rid, blob in con.execute("SELECT id, b FROM t ORDER BY id"):
-        h.update(rid.to_bytes(8, "little") + len(blob).to_bytes(4, "little") + blob)
-    h.update(con.execute("PRAGMA integrity_check").fetchone()[0].encode())
-    con.close()
-    return h.hexdigest()
+# ---------------------------------------------------------------------------------------------------------------
+# /proc
+# ---------------------------------------------------------------------------------------------------------------
+
+HDR = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \d+\s*(.*)$")
+
+PARTS = [  # (key, label) in print order
+    ("binary", "walrust binary (text, data)"),
+    ("files", "shared libraries, other files"),
+    ("heap", "[heap] (main malloc arena)"),
+    ("arenas", "malloc arenas of other threads"),
+    ("stacks", "thread stacks (anon rw-p > 16 KiB after a guard)"),
+    ("altstacks", "signal stacks (anon rw-p <= 16 KiB after a guard)"),
+    ("anon", "other anonymous (large buffers)"),
+    ("mainstack", "main [stack]"),
+    ("shm", "-shm mappings (SQLite shared memory)"),
+    ("kernel", "[vdso], [vvar], other"),
+]
 
 
-def source_db():
-    """The cached SIZE MiB WAL-mode database of random blobs, and its content hash (cached beside it)."""
-    os.makedirs(CACHE, exist_ok=True)
-    path = os.path.join(CACHE, f"source-{MIB}mib.db")
-    if os.path.exists(path + ".sha256"):
-        return path, open(path + ".sha256").read().strip()
-    log(f"creating {path} ({MIB} MiB of random blobs, cached for reruns)")
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    con = sqlite3.connect(path)
-    con.execute("PRAGMA journal_mode=wal")
-    con.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB NOT NULL)")
-    while os.path.getsize(path) < MIB << 20:  # the main file grows at each automatic checkpoint
-        with con:  # one transaction of ~16 MiB (SQLite checkpoints the WAL by itself)
-            con.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 16384) "
-                        "INSERT INTO t(b) SELECT randomblob(1000) FROM c")
-    con.close()  # checkpoints everything into the main file
-    digest = content_hash(path)
-    with open(path + ".sha256", "w") as f:
-        f.write(digest + "\n")
-    return path, digest
+def smaps(pid):
+    """{part: [rss KiB, mappings]} for the parts above, plus "smaps_total"."""
+    exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    maps = []
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            m = HDR.match(line)
+            if m:
+                maps.append({"start": int(m[1], 16), "end": int(m[2], 16), "perms": m[3],
+                             "path": m[4].strip(), "rss": 0})
+            elif line.startswith("Rss:"):
+                maps[-1]["rss"] = int(line.split()[1])
+    out = {k: [0, 0] for k, _ in PARTS}
+    for i, m in enumerate(maps):
+        path = m["path"].removesuffix(" (deleted)")
+        prev = maps[i - 1] if i else None
+        nxt = maps[i + 1] if i + 1 < len(maps) else None
+        if path == exe:
+            k = "binary"
+        elif path.endswith("-shm"):
+            k = "shm"
+        elif path == "[heap]":
+            k = "heap"
+        elif path == "[stack]":
+            k = "mainstack"
+        elif path.startswith("["):
+            k = "kernel"
+        elif path:
+            k = "files"
+        elif m["perms"].startswith("---"):
+            continue  # guard pages and unused arena reservations: nothing resident
+        elif (prev and not prev["path"] and prev["perms"].startswith("---") and prev["end"] == m["start"]
+              and prev["end"] - prev["start"] <= 64 << 10):
+            k = "stacks" if m["end"] - m["start"] > 16 << 10 else "altstacks"
+        elif nxt and not nxt["path"] and nxt["perms"].startswith("---") and nxt["start"] == m["end"]:
+            k = "arenas"
+        else:
+            k = "anon"
+        out[k][0] += m["rss"]
+        out[k][1] += 1
+    out["smaps_total"] = [sum(m["rss"] for m in maps), len(maps)]
+    return out
 
 
-def bench_storage(backend, location):
-    out = subprocess.run([BENCH_STORAGE, location, str(MIB)], capture_output=True, text=True)
-    sys.stderr.write(out.stderr)
-    equal = out.returncode == 0 and "equal" in out.stdout
-    for m in re.finditer(r"^(upload|download) (\d+) MiB \((\w+)\): peak RSS ([\d.]+) MiB, ([\d.]+) s", out.stdout,
-                         re.M):
-        record(f"storage {m[1]} {MIB} MiB", backend, float(m[4]), float(m[5]), MIB, equal)
-    if not equal:
-        log(f"  bench_storage failed (exit {out.returncode}):\n{out.stdout}")
-        rows.append((f"storage round trip {MIB} MiB", backend, 0.0, 0.0, 0.0, False))
+def status(pid):
+    vals = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM", "Threads", "RssAnon", "RssFile", "RssShmem"):
+                vals[k] = int(v.split()[0])
+    return vals
 
 
-def bench_watch_restore(backend, location, extra, src, src_hash, work):
-    db = os.path.join(work, "bench.db")
-    shutil.copyfile(src, db)
-    db_mib = os.path.getsize(db) / (1 << 20)
-    code, peak, secs = run_measured([WALRUST, "watch", db, "-b", location, *extra], os.path.join(work, "watch.log"),
-                                    until=r"generation [0-9a-f]+ started at seq")
-    record(f"watch first snapshot {db_mib:.0f} MiB", backend, peak, secs, db_mib, code == 0)
+def fds(pid):
+    kinds = {"db": 0, "-wal": 0, "-shm": 0, "socket": 0, "other": 0}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            t = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if t.endswith(".db"):
+            kinds["db"] += 1
+        elif t.endswith("-wal"):
+            kinds["-wal"] += 1
+        elif t.endswith("-shm"):
+            kinds["-shm"] += 1
+        elif t.startswith("socket:"):
+            kinds["socket"] += 1
+        else:
+            kinds["other"] += 1
+    return kinds
 
-    out = os.path.join(work, "restored.db")
-    code, peak, secs = run_measured([WALRUST, "restore", "bench", "-o", out, "-b", location, *extra],
-                                    os.path.join(work, "restore.log"))
-    equal = code == 0 and content_hash(out) == src_hash
-    if code == 0 and not equal:
-        log("  restored database differs from the source")
-    record(f"restore {db_mib:.0f} MiB", backend, peak, secs, db_mib, equal)
 
+def thread_names(pid):
+    names = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                n = re.sub(r"\d+", "N", f.read().strip())
+        except OSError:
+            continue
+        names[n] = names.get(n, 0) + 1
+    return names
+
+
+def snapshot(pid):
+    """Everything about a process's memory at one moment."""
+    s = status(pid)
+    return {"status": s, "smaps": smaps(pid), "fds": fds(pid), "tasks": len(os.listdir(f"/proc/{pid}/task")),
+            "names": thread_names(pid)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One N
+# ---------------------------------------------------------------------------------------------------------------
+
+def make_dbs(template, d, n):
+    os.makedirs(d)
+    paths = [os.path.join(d, f"db{i:04d}.db") for i in range(n)]
+    for p in paths:
+        shutil.copyfile(template, p)
+    return paths
+
+
+def run_case(n, run, root, template, s3):
+    r = {"n": n, "ls_status": "ok", "ls_note": ""}
+    work = os.path.join(root, f"n{n}")
+    os.makedirs(work)
+    dbs = {tool: make_dbs(template, os.path.join(work, f"{tool}-dbs"), n) for tool in ("walrust", "litestream")}
+    log(f"=== {n} database{'s' if n > 1 else ''} per tool ({sum(os.path.getsize(p) for p in dbs['walrust']) / MB:.1f}"
+        f" MB each set); starting walrust and Litestream")
+    procs = {}
+    try:
+        for tool in ("walrust", "litestream"):
+            procs[tool] = Proc(tool, os.path.join(work, f"{tool}-dbs"), dbs[tool], f"{run}/n{n}-{tool}", work)
+        w, ls = procs["walrust"], procs["litestream"]
+        wait_ready([w, ls], READY_SECS)
+        if not w.alive():
+            raise Broken(f"walrust exited {w.p.returncode} before its initial snapshots:\n{w.tail()}")
+        if w.ready_at is None:
+            raise Broken(f"walrust: {w.ready_count()}/{n} initial snapshots after {READY_SECS} s:\n{w.tail()}")
+        r["w_ready"], r["ls_ready"] = w.ready_at, ls.ready_at
+        if not ls.alive():
+            r["ls_status"], r["ls_note"] = "exited", f"exited {ls.p.returncode} before its initial snapshots"
+            log(f"litestream exited {ls.p.returncode} with {ls.ready_count()}/{n} snapshots; its log ends:\n"
+                f"{ls.tail()}")
+        elif ls.ready_at is None:
+            r["ls_status"] = "timeout"
+            r["ls_note"] = f"{ls.ready_count()}/{n} snapshots after {READY_SECS} s (kept running)"
+            log(f"litestream: {r['ls_note']}; its log ends:\n{ls.tail()}")
+        time.sleep(3)  # the last initial uploads settle
+        active = [t for t in ("walrust", "litestream") if procs[t].alive()]
+
+        # Busy
+        c0 = {t: procs[t].cpu() for t in active}
+        log(f"busy: 1 write/s on each of {n * len(active)} databases for {BUSY_SECS} s")
+        t0 = time.time()
+        try:
+            wr = bh.run_writer(work, [p for t in active for p in dbs[t]], 1, BUSY_SECS)
+        except subprocess.CalledProcessError as e:
+            raise Broken(f"the writer failed: {e}")
+        busy = time.time() - t0
+        r["writes_per_s"] = len(wr["commits"]) / max(wr["t_end"] - wr["t_start"], 1e-9)
+        if not w.alive():
+            raise Broken(f"walrust exited {w.p.returncode} during the busy phase:\n{w.tail()}")
+        if "litestream" in active and not ls.alive():
+            r["ls_status"], r["ls_note"] = "exited", f"exited {ls.p.returncode} during the busy phase"
+            log(f"litestream exited during the busy phase; its log ends:\n{ls.tail()}")
+        active = [t for t in active if procs[t].alive()]
+        for t in active:
+            r[f"{t}_busy_cpu"] = (procs[t].cpu() - c0[t]) / busy * 60
+            r[f"{t}_mem"] = procs[t].memory()
+            r[f"{t}_busy_snap"] = snapshot(procs[t].pid)
+        mem = "; ".join(f"{t} VmRSS {r[f'{t}_mem'][0]:.1f} MiB, VmHWM {r[f'{t}_mem'][1]:.1f} MiB" for t in active)
+        if "litestream_mem" in r:
+            mem += f"; walrust/Litestream peak {r['walrust_mem'][1] / r['litestream_mem'][1]:.2f}"
+        log(f"after {busy:.0f} s busy ({r['writes_per_s']:.2f} writes/s per database): {mem}")
+
+        # Drain: the last writes are shipped (walrust's request counters unchanged for 3 s, at most 30 s; Litestream's
+        # keep moving with its compactions), then idle.
+        t0, last, stable_since = time.time(), None, time.time()
+        while time.time() - t0 < 30:
+            now = w.requests()
+            if now != last:
+                last, stable_since = now, time.time()
+            elif time.time() - stable_since >= 3:
+                break
+            time.sleep(0.5)
+        r["drain"] = time.time() - t0
+        log(f"idle: no writes for {IDLE_SECS} s (after {r['drain']:.1f} s for the last writes to be shipped)")
+        c0 = {t: procs[t].cpu() for t in active}
+        q0 = {t: procs[t].requests() for t in active}
+        t0 = time.time()
+        while time.time() - t0 < IDLE_SECS:
+            if not w.alive():
+                raise Broken(f"walrust exited {w.p.returncode} during the idle phase:\n{w.tail()}")
+            time.sleep(min(1.0, max(0.0, IDLE_SECS - (time.time() - t0))))
+        idle = time.time() - t0
+        for t in active:
+            if not procs[t].alive():
+                continue
+            c1, q1 = procs[t].cpu(), procs[t].requests()
+            r[f"{t}_idle_cpu"] = (c1 - c0[t]) / idle * 60
+            if q0[t] is not None and q1 is not None:
+                r[f"{t}_idle_req"] = {k: q1.get(k, 0) - q0[t].get(k, 0) for k in q1 if q1.get(k, 0) - q0[t].get(k, 0)}
+            r[f"{t}_idle_snap"] = snapshot(procs[t].pid)
+        if "walrust_idle_req" not in r:
+            raise Broken("walrust's /metrics gave no walrust_storage_requests_total")
+        log("idle: " + "; ".join(
+            f"{t} {r[f'{t}_idle_cpu']:.2f} CPU s/min, S3 requests "
+            + (fmt_req(r[f"{t}_idle_req"]) if f"{t}_idle_req" in r else "n/a") for t in active if f"{t}_idle_cpu" in r))
+    finally:
+        for t, p in procs.items():
+            code = p.stop(30)
+            if t == "walrust" and code != 0:
+                log(f"walrust exited {code} when stopped; its log ends:\n{p.tail()}")
+        if os.environ.get("BENCH_KEEP"):
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        try:
+            keys = [k for _, k in s3.list(bh.BUCKET, f"{run}/n{n}-")]
+            for i in range(0, len(keys), 1000):
+                s3.delete_many(bh.BUCKET, keys[i:i + 1000])
+        except Exception as e:  # noqa: BLE001
+            log(f"cleanup of s3://{bh.BUCKET}/{run}/n{n}-* failed: {e}")
+    return r
+
+
+def fmt_req(q):
+    return f"{sum(q.values()):.0f}" + (f" ({', '.join(f'{k} {v:.0f}' for k, v in sorted(q.items()))})" if q else "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------------------
+
+def breakdown_rows(snap):
+    """[(label, KiB or None, count or None)] for one snapshot."""
+    st, sm, fd = snap["status"], snap["smaps"], snap["fds"]
+    rows = [("VmRSS (total)", st["VmRSS"], None)]
+    for k, label in PARTS:
+        rows.append((label, sm[k][0], sm[k][1]))
+    rows.append(("sum of smaps Rss (check)", sm["smaps_total"][0], sm["smaps_total"][1]))
+    rows.append(("threads (status / task dir)", None, f"{st['Threads']} / {snap['tasks']}"))
+    rows.append(("open fds: total", None, sum(fd.values())))
+    for k in ("db", "-wal", "-shm", "socket", "other"):
+        rows.append((f"open fds: {k}" + (" (one per SQLite connection)" if k == "db" else ""), None, fd[k]))
+    return rows
+
+
+def per_db(a, b, na, nb):
+    if a is None or b is None or nb == na:
+        return ""
+    try:
+        return f"{(float(b) - float(a)) / (nb - na):.1f}"
+    except (TypeError, ValueError):
+        return ""
+
+
+def print_breakdown(r, base):
+    n = r["n"]
+    b, i = r["walrust_busy_snap"], r.get("walrust_idle_snap")
+    rb, ri = breakdown_rows(b), breakdown_rows(i) if i else None
+    base_rows = breakdown_rows(base["walrust_busy_snap"]) if base and base["n"] != n else None
+    nb = base["n"] if base_rows else None
+    print(f"\n#### walrust, {n} database{'s' if n > 1 else ''}: where the memory goes "
+          f"(after {BUSY_SECS} s busy / after {IDLE_SECS} s idle)\n")
+    hdr = "| part | busy: Rss KiB | busy: mappings/count | idle: Rss KiB | idle: mappings/count |"
+    sep = "|---|---:|---:|---:|---:|"
+    if base_rows:
+        hdr += f" per extra database (busy, vs {nb}): KiB | per extra database: count |"
+        sep += "---:|---:|"
+    print(hdr)
+    print(sep)
+    for j, (label, kib, cnt) in enumerate(rb):
+        cells = [label, "" if kib is None else f"{kib}", "" if cnt is None else f"{cnt}"]
+        if ri:
+            cells += ["" if ri[j][1] is None else f"{ri[j][1]}", "" if ri[j][2] is None else f"{ri[j][2]}"]
+        else:
+            cells += ["", ""]
+        if base_rows:
+            _, bk, bc = base_rows[j]
+            cnt_a = bc.split(" / ")[0] if isinstance(bc, str) else bc
+            cnt_b = cnt.split(" / ")[0] if isinstance(cnt, str) else cnt
+            cells += [per_db(bk, kib, nb, n), per_db(cnt_a, cnt_b, nb, n)]
+        print("| " + " | ".join(cells) + " |")
+    names = ", ".join(f"{k} x{v}" for k, v in sorted(b["names"].items(), key=lambda kv: -kv[1]))
+    print(f"\nthreads by name (digits as N), busy: {names}")
+    if "litestream_busy_snap" in r:
+        ls = r["litestream_busy_snap"]
+        print(f"Litestream, busy: VmRSS {ls['status']['VmRSS']} KiB (anonymous {ls['status']['RssAnon']}, "
+              f"file {ls['status']['RssFile']}, shmem {ls['status']['RssShmem']}), threads {ls['status']['Threads']}, "
+              f"open fds {sum(ls['fds'].values())} ({', '.join(f'{k} {v}' for k, v in ls['fds'].items())})")
+    sys.stdout.flush()
+
+
+def f1(x):
+    return "n/a" if x is None else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+
+
+def print_summary(results, failed):
+    print(f"\n### walrust vs Litestream 0.5.17: one process for N databases "
+          f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, ~100 KB databases, "
+          f"sync interval {bh.INTERVAL}, {BUSY_SECS} s of 1 write/s per database, then {IDLE_SECS} s idle)\n")
+    print("| N | walrust RSS MiB | walrust peak (VmHWM) MiB | Litestream RSS MiB | Litestream peak MiB | "
+          "walrust peak / Litestream peak | walrust busy CPU s/min | Litestream busy CPU s/min | "
+          "walrust idle CPU s/min | Litestream idle CPU s/min | walrust idle S3 requests | "
+          "Litestream idle S3 requests | walrust threads | walrust fds | initial snapshots, s (walrust / Litestream) "
+          "| Litestream |")
+    print("|" + "---:|" * 15 + "---|")
+    for r in results:
+        wm, lm = r.get("walrust_mem"), r.get("litestream_mem")
+        ratio = f"{wm[1] / lm[1]:.2f}" if wm and lm else "n/a"
+        ws = r.get("walrust_busy_snap")
+        cells = [str(r["n"]), f1(wm and wm[0]), f1(wm and wm[1]), f1(lm and lm[0]), f1(lm and lm[1]), ratio,
+                 f1(r.get("walrust_busy_cpu")), f1(r.get("litestream_busy_cpu")),
+                 f1(r.get("walrust_idle_cpu")), f1(r.get("litestream_idle_cpu")),
+                 fmt_req(r["walrust_idle_req"]) if "walrust_idle_req" in r else "n/a",
+                 fmt_req(r["litestream_idle_req"]) if "litestream_idle_req" in r else "n/a",
+                 str(ws["status"]["Threads"]) if ws else "n/a", str(sum(ws["fds"].values())) if ws else "n/a",
+                 f"{f1(r.get('w_ready'))} / {f1(r.get('ls_ready'))}",
+                 r["ls_status"] + (f": {r['ls_note']}" if r["ls_note"] else "")]
+        print("| " + " | ".join(cells) + " |")
+    for n, err in failed:
+        print(f"| {n} | FAILED: {err.splitlines()[0][:150]} |" + " |" * 14)
+
+    by_n = {r["n"]: r for r in results}
+
+    def peak(n, tool="walrust"):
+        m = by_n.get(n, {}).get(f"{tool}_mem")
+        return m[1] * 1024 * 1024 if m else None
+
+    rows = []
+    for n, limit in ((100, 8), (1000, 24)):
+        p = peak(n)
+        rows.append((f"walrust peak RSS <= {limit} MB at {n} databases",
+                     f"{p / MB:.1f} MB ({p / 2 ** 20:.1f} MiB)" if p else "not measured",
+                     None if p is None else p <= limit * MB))
+    p, lp = peak(100), peak(100, "litestream")
+    rows.append(("walrust peak RSS < 1/4 of Litestream's at 100 databases",
+                 f"{p / lp:.2f}x ({p / MB:.1f} vs {lp / MB:.1f} MB)" if p and lp else "not measured",
+                 None if not (p and lp) else p < lp / 4))
+    cpu = by_n.get(1000, {}).get("walrust_idle_cpu")
+    rows.append(("walrust idle CPU < 2% of one core at 1000 databases (< 1.2 CPU s/min)",
+                 "not measured" if cpu is None else f"{cpu:.2f} CPU s/min ({cpu / 60 * 100:.2f}% of one core)",
+                 None if cpu is None else cpu < 1.2))
+    reqs = [(r["n"], sum(r["walrust_idle_req"].values())) for r in results if "walrust_idle_req" in r]
+    rows.append(("walrust makes zero S3 requests while idle (every N)",
+                 ", ".join(f"{n}: {q:.0f}" for n, q in reqs) or "not measured",
+                 None if not reqs else all(q == 0 for _, q in reqs)))
+    print("\n| target (issue #4) | measured | |\n|---|---|---|")
+    for label, got, ok in rows:
+        print(f"| {label} | {got} | {'not measured' if ok is None else 'met' if ok else '**missed**'} |")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 def main():
-    src, src_hash = source_db()
-    s3 = s3util.S3(ENDPOINT, os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
-                   os.environ.get("AWS_REGION", "us-east-1"))
-    prefix = f"bench-{uuid.uuid4().hex[:12]}/"
-    work = tempfile.mkdtemp(prefix="walrust-bench-work.", dir=os.environ.get("TMPDIR", "/tmp"))
+    if not bh.ENDPOINT or not bh.BUCKET:
+        sys.exit("WALRUST_TEST_S3_ENDPOINT and WALRUST_TEST_S3_BUCKET are required (scripts/s3-start)")
+    s3 = s3util.S3(bh.ENDPOINT, os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], bh.REGION)
+    run = f"bench-memory-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    root = tempfile.mkdtemp(prefix="walrust-bench-mem.", dir=os.environ.get("TMPDIR", "/tmp"))
+    import resource
+    log(f"walrust {bh.WALRUST}, litestream {bh.LITESTREAM}; S3 {bh.ENDPOINT}; prefix {run}; work dir {root}; "
+        f"N = {COUNTS}, busy {BUSY_SECS} s, idle {IDLE_SECS} s, ready within {READY_SECS} s; "
+        f"fd limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
+    template = os.path.join(root, "template.db")
+    bh.make_db(template, 100)
+    results, failed = [], []
+    started = time.time()
     try:
-        for backend in ("s3", "file"):
-            loc = f"s3://{BUCKET}/{prefix}{backend}/" if backend == "s3" else f"file://{work}/store"
-            extra = ["--endpoint", ENDPOINT] if backend == "s3" else []
-            bench_storage(backend, loc + ("storage/" if backend == "s3" else "-storage"))
-            case = os.path.join(work, backend)
-            os.makedirs(case)
-            bench_watch_restore(backend, loc, extra, src, src_hash, case)
-            shutil.rmtree(case)
+        for n in COUNTS:
+            t0 = time.time()
+            try:
+                r = run_case(n, run, root, template, s3)
+            except Broken as e:
+                log(f"{n} databases: FAILED: {e}")
+                failed.append((n, str(e)))
+                continue
+            results.append(r)
+            print_breakdown(r, results[0] if results[0] is not r else None)
+            log(f"=== {n} databases took {time.time() - t0:.0f} s")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        keys = [k for _, k in s3.list(BUCKET, prefix)]
-        for i in range(0, len(keys), 1000):
-            s3.delete_many(BUCKET, keys[i:i + 1000])
-
-    log(f"\n| measurement | backend | peak RSS MiB | seconds | MiB/s | target (< {TARGET_MIB} MiB) |")
-    log("|---|---|---:|---:|---:|---|")
-    for what, backend, peak, secs, rate, ok in rows:
-        log(f"| {what} | {backend} | {peak:.1f} | {secs:.1f} | {rate:.0f} | {'PASS' if ok else 'FAIL'} |")
-    return 0 if rows and all(r[5] for r in rows) else 1
+        if os.environ.get("BENCH_KEEP"):
+            log(f"kept {root} (BENCH_KEEP)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    log(f"total {time.time() - started:.0f} s")
+    print_summary(results, failed)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
