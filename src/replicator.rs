@@ -36,6 +36,38 @@ pub struct Replicator {
     metrics: Option<Arc<Registry>>,
     webhooks: Option<Webhooks>,
     running: Mutex<BTreeMap<PathBuf, Running>>,
+    /// Bounds how many databases added with [`Replicator::add_background`] begin (read their remote head, ship
+    /// their backlog or a first snapshot) at once.
+    begin_gate: Arc<Gate>,
+}
+
+/// How many databases begin at once (see [`Replicator::add_background`]).
+const CONCURRENT_BEGINS: usize = 4;
+
+/// A counting semaphore.
+struct Gate {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Gate {
+    fn enter(&self) -> GatePass<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        GatePass(self)
+    }
+}
+
+struct GatePass<'a>(&'a Gate);
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// One database's thread.
@@ -70,7 +102,13 @@ impl Replicator {
 
     /// A replicator on an opened storage (no checks: see [`check_storage`]).
     pub fn new(storage: StorageRef) -> Replicator {
-        Replicator { storage, metrics: None, webhooks: None, running: Mutex::new(BTreeMap::new()) }
+        Replicator {
+            storage,
+            metrics: None,
+            webhooks: None,
+            running: Mutex::new(BTreeMap::new()),
+            begin_gate: Arc::new(Gate { free: Mutex::new(CONCURRENT_BEGINS), freed: std::sync::Condvar::new() }),
+        }
     }
 
     /// Publishes every database's numbers to `registry` (serve it with `metrics::serve`). Set before `add`.
@@ -99,22 +137,86 @@ impl Replicator {
     /// cannot start (not a WAL database, fenced, storage unreachable) or is already added.
     pub fn add(&self, db: impl AsRef<Path>, opts: WatchOptions) -> Result<()> {
         let db = db.as_ref().to_path_buf();
-        {
-            let running = self.lock();
-            if running.contains_key(&db) {
-                return Err(Error::Usage(format!("{} is already being replicated", db.display())));
-            }
-            if running.values().any(|r| r.name == opts.name) {
-                return Err(Error::Usage(format!("the name '{}' is already in use", opts.name)));
-            }
-        }
+        self.check_new(&db, &opts)?;
         // Errors from start name the database's path themselves.
         let w = Watcher::start(&db, Arc::clone(&self.storage), opts)?;
         self.spawn(w)
     }
 
+    /// Like [`Replicator::add`], but only the local checks (the file is a SQLite database in WAL mode, no other
+    /// walrust watches it) happen before this returns; the rest of the start (reading the remote head, shipping
+    /// what was committed while nothing replicated it, or a first snapshot) runs on the database's thread, a
+    /// few databases at a time, so that many databases start side by side and one slow start delays no other.
+    /// A start that fails on storage is tried again with backoff; when the replicator stops meanwhile it is
+    /// tried once more, since stopping means shipping everything committed, and its error is the database's
+    /// result ([`Replicator::reap`], [`Replicator::shutdown_each`]). Any other start error ends the database.
+    pub fn add_background(&self, db: impl AsRef<Path>, opts: WatchOptions) -> Result<()> {
+        let db = db.as_ref().to_path_buf();
+        self.check_new(&db, &opts)?;
+        let w = Watcher::open(&db, Arc::clone(&self.storage), opts.clone())?;
+        let storage = Arc::clone(&self.storage);
+        let gate = Arc::clone(&self.begin_gate);
+        let (metrics, webhooks) = (self.metrics.clone(), self.webhooks.clone());
+        self.spawn_with(w, move |mut w, stop| {
+            let mut failures: u32 = 0;
+            loop {
+                let begun = {
+                    let _pass = gate.enter();
+                    w.begin()
+                };
+                match begun {
+                    Ok(()) => return Ok(w),
+                    Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
+                        failures += 1;
+                        let wait = Duration::from_millis((1000u64 << failures.min(5)).min(30_000));
+                        crate::log::warn(&format!(
+                            "{}: cannot start yet: {e} (trying again in {}s)",
+                            db.display(),
+                            wait.as_secs()
+                        ));
+                        crate::watch::sleep_until(stop, wait);
+                        // A failed begin may have left the watcher halfway: start again from what storage and
+                        // the state file say, as a restarted process would (the old one lets go of the lock
+                        // first).
+                        let flusher = w.flusher();
+                        drop(w);
+                        w = Watcher::open(&db, Arc::clone(&storage), opts.clone())?;
+                        w.set_flusher(flusher);
+                        if let Some(r) = &metrics {
+                            w.set_metrics(Arc::clone(r));
+                        }
+                        if let Some(h) = &webhooks {
+                            w.set_webhooks(h.clone());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    }
+
+    fn check_new(&self, db: &Path, opts: &WatchOptions) -> Result<()> {
+        let running = self.lock();
+        if running.contains_key(db) {
+            return Err(Error::Usage(format!("{} is already being replicated", db.display())));
+        }
+        if running.values().any(|r| r.name == opts.name) {
+            return Err(Error::Usage(format!("the name '{}' is already in use", opts.name)));
+        }
+        Ok(())
+    }
+
     /// Runs an already started watcher on its own thread.
-    pub fn spawn(&self, mut w: Watcher) -> Result<()> {
+    pub fn spawn(&self, w: Watcher) -> Result<()> {
+        self.spawn_with(w, |w, _| Ok(w))
+    }
+
+    /// Runs `first` (the rest of the start), then the watcher's loop, on a new thread.
+    fn spawn_with(
+        &self,
+        mut w: Watcher,
+        first: impl FnOnce(Watcher, &AtomicBool) -> Result<Watcher> + Send + 'static,
+    ) -> Result<()> {
         if let Some(r) = &self.metrics {
             w.set_metrics(Arc::clone(r));
         }
@@ -126,10 +228,20 @@ impl Replicator {
         let name = w.name().to_string();
         let path = w.db_path().to_path_buf();
         let thread_stop = Arc::clone(&stop);
+        let (thread_flusher, thread_path) = (Arc::clone(&flusher), path.clone());
         let handle = std::thread::Builder::new()
             .name(format!("walrust-db-{name}"))
             .stack_size(256 * 1024)
-            .spawn(move || w.run(&thread_stop).map_err(|e| e.context(w.db_path().display())))
+            .spawn(move || {
+                let mut w = match first(w, &thread_stop) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        thread_flusher.stopped(Some(e.to_string()));
+                        return Err(e.context(thread_path.display()));
+                    }
+                };
+                w.run(&thread_stop).map_err(|e| e.context(w.db_path().display()))
+            })
             .map_err(|e| Error::io("starting a replication thread", e))?;
         self.lock().insert(path, Running { name, stop, flusher, handle });
         Ok(())

@@ -214,6 +214,57 @@ impl Pins {
         }
     }
 
+    /// The wal-index header as SQLite's writers last published it (see [`crate::wal::WalIndex`]), read from
+    /// the `-shm` mapping SQLite already holds for the pinned connection: the file itself is never opened here,
+    /// since closing a descriptor of it would drop this process's locks on it (the pins' read marks).
+    pub fn wal_index(&self) -> Result<crate::wal::WalIndex> {
+        use crate::wal::{WalIndex, WAL_INDEX_HEADER_LEN};
+        let conn = &self.conns[self.held.unwrap_or(0)];
+        let err = |what: &str| Error::Other(format!("reading the WAL index of {}: {what}", self.path.display()));
+        let mut copies = [[0u8; WAL_INDEX_HEADER_LEN]; 2];
+        for _ in 0..1000 {
+            // SAFETY: as in read_db, the file belongs to `conn`, borrowed for the call. xShmMap with bExtend=0
+            // returns SQLite's existing mapping of the first 32 KiB region (mapped while a read transaction is
+            // held), which stays mapped while the connection is open; it is read with volatile reads, in the
+            // order SQLite's own readers use (copy 0, barrier, copy 1), since writers in other processes change it.
+            unsafe {
+                let db = conn.handle();
+                let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+                let rc = ffi::sqlite3_file_control(
+                    db,
+                    c"main".as_ptr(),
+                    ffi::SQLITE_FCNTL_FILE_POINTER,
+                    &mut file as *mut *mut ffi::sqlite3_file as *mut c_void,
+                );
+                if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+                    return Err(err("no file handle"));
+                }
+                let Some(x_shm_map) = (*(*file).pMethods).xShmMap else { return Err(err("no shared memory")) };
+                let mut region: *mut c_void = std::ptr::null_mut();
+                let rc = x_shm_map(file, 0, 32 * 1024, 0, &mut region);
+                if rc != ffi::SQLITE_OK || region.is_null() {
+                    return Err(err(&format!(
+                        "not mapped (SQLite code {rc}); is the database in exclusive locking mode?"
+                    )));
+                }
+                let base = region as *const u8;
+                for (i, copy) in copies.iter_mut().enumerate() {
+                    for (j, b) in copy.iter_mut().enumerate() {
+                        *b = std::ptr::read_volatile(base.add(i * WAL_INDEX_HEADER_LEN + j));
+                    }
+                    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            if copies[0] == copies[1] {
+                if let Some(ix) = WalIndex::parse(&copies[0]) {
+                    return Ok(ix);
+                }
+            }
+            std::thread::yield_now();
+        }
+        Err(Error::Interrupted(format!("the WAL index of {} kept changing while read", self.path.display())))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

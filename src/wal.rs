@@ -114,6 +114,49 @@ impl WalHeader {
     }
 }
 
+/// The header of SQLite's wal-index (the `-shm` file), as the writers publish it: which frames of the WAL are
+/// committed. A frame can be valid in the WAL file (right salts, checksum chain, commit flag) and still not be
+/// committed: a writer writes its frames, then publishes the new end in the wal-index; killed in between, its
+/// transaction never happened, and the next writer overwrites those frames in place under the same salts.
+/// SQLite trusts the WAL file alone only in recovery, when no connection has the wal-index open; walrust keeps
+/// it open (its pin), so the wal-index is the truth and frames past `mx_frame` are never shipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalIndex {
+    /// Number of committed frames in the WAL (SQLite's mxFrame).
+    pub mx_frame: u32,
+    /// The WAL header's salts this index describes (as the header has them: big-endian words).
+    pub salt1: u32,
+    pub salt2: u32,
+    /// Running checksum after frame `mx_frame`.
+    pub frame_checksum: [u32; 2],
+}
+
+/// Length of one copy of the wal-index header; SQLite keeps two copies back to back at the start of `-shm`.
+pub const WAL_INDEX_HEADER_LEN: usize = 48;
+
+impl WalIndex {
+    /// Parses one copy of the wal-index header (native byte order, as SQLite maps it). None when it is not
+    /// initialised, of an unknown version, or its checksum does not match (a write in progress).
+    pub fn parse(b: &[u8]) -> Option<WalIndex> {
+        if b.len() < WAL_INDEX_HEADER_LEN {
+            return None;
+        }
+        let ne = |at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        if ne(0) != VERSION || b[12] != 1 {
+            return None;
+        }
+        if checksum(cfg!(target_endian = "big"), &b[..40], [0, 0]) != [ne(40), ne(44)] {
+            return None;
+        }
+        Some(WalIndex { mx_frame: ne(16), salt1: be32(b, 32), salt2: be32(b, 36), frame_checksum: [ne(24), ne(28)] })
+    }
+
+    /// Whether this index describes the WAL cycle that `h` heads.
+    pub fn describes(&self, h: &WalHeader) -> bool {
+        self.salt1 == h.salt1 && self.salt2 == h.salt2
+    }
+}
+
 /// Position after a whole number of valid frames of one WAL cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WalCursor {
@@ -193,16 +236,27 @@ fn walk(
     }
 }
 
-/// Reads the whole committed transactions after `from` (which must belong to this header's cycle). Returns
-/// None when none follows. Stops at the first commit boundary once at least `max_frames` frames were consumed
-/// (one larger transaction is still returned whole). Memory is O(distinct pages in the batch).
-pub fn read_batch(file: &File, h: &WalHeader, from: WalCursor, max_frames: u32) -> io::Result<Option<CommittedBatch>> {
+/// Reads the whole committed transactions after `from` (which must belong to this header's cycle) and before
+/// frame `committed` (the wal-index's mxFrame, [`WalIndex`]: frames past it are not committed even when they are valid,
+/// see there). Returns None when none follows. Stops at the first commit boundary once at least `max_frames`
+/// frames were consumed (one larger transaction is still returned whole). Memory is O(distinct pages in the
+/// batch).
+pub fn read_batch(
+    file: &File,
+    h: &WalHeader,
+    from: WalCursor,
+    max_frames: u32,
+    committed: u32,
+) -> io::Result<Option<CommittedBatch>> {
     let mut pending: Vec<(u32, u64)> = Vec::new(); // frames of the transaction being read
     let mut pages: BTreeMap<u32, u64> = BTreeMap::new();
     let mut end = from;
     let mut db_size = 0u32;
     let mut commits = 0u32;
-    walk(file, h, from, |_, pgno, commit, data_off, after| {
+    walk(file, h, from, |index, pgno, commit, data_off, after| {
+        if index >= committed {
+            return false;
+        }
         pending.push((pgno, data_off));
         if commit != 0 {
             for (p, o) in pending.drain(..) {
@@ -290,7 +344,7 @@ mod tests {
             let f = file_with(&img);
             let h = read_header(&f).unwrap().unwrap();
             assert_eq!(h.big_endian_checksum, be);
-            let b = read_batch(&f, &h, WalCursor::start(&h), u32::MAX).unwrap().unwrap();
+            let b = read_batch(&f, &h, WalCursor::start(&h), u32::MAX, u32::MAX).unwrap().unwrap();
             assert_eq!(b.commits, 2);
             assert_eq!(b.end.frames, 4, "the uncommitted last frame is not included");
             assert_eq!(b.db_size_pages, 3);
@@ -299,11 +353,11 @@ mod tests {
             assert_eq!(cursor_at(&f, &h, 4).unwrap(), Some(b.end));
             assert_eq!(cursor_at(&f, &h, 6).unwrap(), None);
             // max_frames splits at commit boundaries.
-            let b1 = read_batch(&f, &h, WalCursor::start(&h), 1).unwrap().unwrap();
+            let b1 = read_batch(&f, &h, WalCursor::start(&h), 1, u32::MAX).unwrap().unwrap();
             assert_eq!((b1.commits, b1.end.frames), (1, 2));
-            let b2 = read_batch(&f, &h, b1.end, 1).unwrap().unwrap();
+            let b2 = read_batch(&f, &h, b1.end, 1, u32::MAX).unwrap().unwrap();
             assert_eq!((b2.commits, b2.end.frames), (1, 4));
-            assert_eq!(read_batch(&f, &h, b2.end, 1).unwrap(), None);
+            assert_eq!(read_batch(&f, &h, b2.end, 1, u32::MAX).unwrap(), None);
         }
     }
 
@@ -314,7 +368,7 @@ mod tests {
         img[off] ^= 0x40;
         let f = file_with(&img);
         let h = read_header(&f).unwrap().unwrap();
-        let b = read_batch(&f, &h, WalCursor::start(&h), u32::MAX).unwrap().unwrap();
+        let b = read_batch(&f, &h, WalCursor::start(&h), u32::MAX, u32::MAX).unwrap().unwrap();
         assert_eq!((b.commits, b.end.frames), (1, 1));
     }
 
@@ -327,7 +381,7 @@ mod tests {
         let f = file_with(&img);
         let h = read_header(&f).unwrap().unwrap();
         assert_eq!(h.salt1, 6);
-        let b = read_batch(&f, &h, WalCursor::start(&h), u32::MAX).unwrap().unwrap();
+        let b = read_batch(&f, &h, WalCursor::start(&h), u32::MAX, u32::MAX).unwrap().unwrap();
         assert_eq!((b.commits, b.end.frames), (1, 1));
     }
 
@@ -355,7 +409,7 @@ mod tests {
             bytes.truncate(n - (x as usize % 700));
             let f = file_with(&bytes);
             if let Ok(Some(h)) = read_header(&f) {
-                let _ = read_batch(&f, &h, WalCursor::start(&h), u32::MAX);
+                let _ = read_batch(&f, &h, WalCursor::start(&h), u32::MAX, u32::MAX);
                 let _ = cursor_at(&f, &h, 2);
             }
         }

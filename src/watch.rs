@@ -182,6 +182,14 @@ impl Watcher {
     /// Opens the database, reads the remote head, and either resumes the chain (continuity proven) or starts a
     /// new generation with a base snapshot.
     pub fn start(db_path: &Path, storage: StorageRef, opts: WatchOptions) -> Result<Watcher> {
+        let mut w = Watcher::open(db_path, storage, opts)?;
+        w.begin()?;
+        Ok(w)
+    }
+
+    /// The local half of [`Watcher::start`], without touching storage: checks the database (exists, SQLite,
+    /// WAL mode), takes the per-database lock and the first pin. [`Watcher::begin`] must follow before `run`.
+    pub fn open(db_path: &Path, storage: StorageRef, opts: WatchOptions) -> Result<Watcher> {
         if !keys::valid_name(&opts.name) {
             return Err(Error::Usage(format!("invalid database name '{}'", opts.name)));
         }
@@ -194,7 +202,7 @@ impl Watcher {
         let wal_path = wal_path_of(&db_path);
         let wal = File::open(&wal_path).map_err(|e| Error::io(format!("opening {}", wal_path.display()), e))?;
         let db_inode = std::fs::metadata(&db_path).map_err(|e| Error::io(db_path.display().to_string(), e))?.ino();
-        let mut w = Watcher {
+        let w = Watcher {
             opts,
             storage,
             db_path,
@@ -230,6 +238,14 @@ impl Watcher {
             wal_warned: false,
             stats: WatchStats::default(),
         };
+        Ok(w)
+    }
+
+    /// The storage half of [`Watcher::start`]: resumes the chain (shipping what was committed while walrust
+    /// was not running) or starts a new generation with a snapshot. After an error the watcher is dropped, not
+    /// begun again: a new [`Watcher::open`] starts from what storage and the state file say.
+    pub fn begin(&mut self) -> Result<()> {
+        let w = self;
         match w.decide_start()? {
             Start::Resume { cycle, cursor, state } => {
                 w.cycle = cycle;
@@ -251,7 +267,10 @@ impl Watcher {
                 w.new_generation(after.as_ref())?;
             }
         }
-        Ok(w)
+        if let Some(f) = &w.flusher {
+            f.shipped(0, w.durable());
+        }
+        Ok(())
     }
 
     fn decide_start(&mut self) -> Result<Start> {
@@ -299,9 +318,13 @@ impl Watcher {
         let header = wal::read_header(&self.wal).map_err(|e| Error::io(self.wal_path.display().to_string(), e))?;
         match (&state.wal, &state.db_stamp, header) {
             (Some(pos), _, Some(h)) if pos.same_cycle(&h) => {
-                match wal::cursor_at(&self.wal, &h, pos.frames)
-                    .map_err(|e| Error::io(self.wal_path.display().to_string(), e))?
-                {
+                // Frames past the wal-index's end are not committed (wal::WalIndex), even if valid.
+                let at = match pos.frames <= self.committed_end(&h)? {
+                    true => wal::cursor_at(&self.wal, &h, pos.frames)
+                        .map_err(|e| Error::io(self.wal_path.display().to_string(), e))?,
+                    false => None,
+                };
+                match at {
                     Some(c) if c == pos.cursor() => Ok(Start::Resume { cycle: Some(h), cursor: c, state }),
                     _ => Ok(Start::NewGeneration {
                         reason: "the WAL no longer holds the frames last shipped".into(),
@@ -391,11 +414,22 @@ impl Watcher {
         wal::read_header(&self.wal).map_err(|e| Error::io(self.wal_path.display().to_string(), e))
     }
 
+    /// How many frames of the WAL cycle `h` heads are committed: the wal-index's mxFrame (wal::WalIndex). 0 when
+    /// the index already describes the next cycle (a writer is restarting the WAL: every frame of this one is
+    /// in the database file).
+    fn committed_end(&self, h: &WalHeader) -> Result<u32> {
+        let ix = self.pins.wal_index()?;
+        Ok(if ix.describes(h) { ix.mx_frame } else { 0 })
+    }
+
     /// The committed state at the end of the current WAL cycle: which pages come from the WAL.
     fn build_overlay(&self, header: Option<&WalHeader>) -> Result<Overlay> {
         let ioerr = |e: io::Error| Error::io(self.wal_path.display().to_string(), e);
         let batch = match header {
-            Some(h) => wal::read_batch(&self.wal, h, WalCursor::start(h), u32::MAX).map_err(ioerr)?,
+            Some(h) => {
+                let end = self.committed_end(h)?;
+                wal::read_batch(&self.wal, h, WalCursor::start(h), u32::MAX, end).map_err(ioerr)?
+            }
             None => None,
         };
         let end = match (header, &batch) {
@@ -597,11 +631,26 @@ impl Watcher {
                 Some(f) => f.end.frames.saturating_sub(self.cursor.frames).max(1),
                 None => self.opts.batch_frames_max,
             };
-            let batch = wal::read_batch(&self.wal, &h, self.cursor, max_frames)
+            let end = self.committed_end(&h)?;
+            let batch = wal::read_batch(&self.wal, &h, self.cursor, max_frames, end)
                 .map_err(|e| Error::io(self.wal_path.display().to_string(), e))?;
             let after = self.read_header()?;
             if after != Some(h) {
                 continue; // the WAL restarted during the read: read again under the new header
+            }
+            if (batch.is_none() && end > self.cursor.frames) || end < self.cursor.frames {
+                // Committed frames follow that do not continue the chain from the cursor, or the cursor is past
+                // what is committed: what was shipped is not what SQLite committed (frames of a writer killed
+                // before publishing them, shipped by a version that read past the wal-index). Start over from
+                // the committed state rather than stall or build on it.
+                log::warn(&format!(
+                    "{}: the WAL's committed frames (to {end}) do not continue what was shipped (to frame {}); \
+                     starting a new generation",
+                    self.opts.name, self.cursor.frames
+                ));
+                let head = remote::head(self.storage.as_ref(), &self.opts.name)?;
+                self.new_generation(head.as_ref())?;
+                return Ok(());
             }
             let Some(batch) = batch else {
                 self.established = true;
@@ -913,9 +962,21 @@ impl Watcher {
     /// Lets other threads ask this loop (once `run` runs) to ship now and wait until it has (see `Flusher`).
     pub fn flusher(&mut self) -> Arc<Flusher> {
         let durable = self.durable();
+        let begun = self.generation != 0;
         let f = self.flusher.get_or_insert_with(|| Arc::new(Flusher::default()));
-        f.shipped(0, durable);
+        if begun {
+            f.shipped(0, durable);
+        }
         Arc::clone(f)
+    }
+
+    /// Uses `f` (from an earlier watcher of the same database) for [`Watcher::flusher`], so that flushes asked
+    /// for before this watcher began are answered by it.
+    pub fn set_flusher(&mut self, f: Arc<Flusher>) {
+        if self.generation != 0 {
+            f.shipped(0, self.durable());
+        }
+        self.flusher = Some(f);
     }
 
     /// The newest object in storage that this database's shipped state is in.
@@ -1016,7 +1077,7 @@ impl Flusher {
         self.lock().last_error = Some(e.to_string());
     }
 
-    fn stopped(&self, e: Option<String>) {
+    pub(crate) fn stopped(&self, e: Option<String>) {
         self.lock().stopped = Some(e);
         self.changed.notify_all();
     }

@@ -295,3 +295,96 @@ fn truncated_and_reset_reads_are_retried_not_reported_corrupt() {
     assert!(s.proxy.stat("truncated") + s.proxy.stat("resets") > 0.0, "faults were injected: {}", s.proxy.stats());
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+/// Restores database `name` from `b` into a fresh file: its digest, or the error line.
+fn try_restore_name(dir: &Path, b: &Backend, name: &str) -> Result<String, String> {
+    let out = dir.join(unique("restored"));
+    let mut args = vec!["restore".to_string(), name.into(), "-o".into(), out.display().to_string()];
+    args.extend(b.args());
+    let o = walrust(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = if o.status.success() { Ok(digest(&out)) } else { Err(String::from_utf8_lossy(&o.stderr).trim().into()) };
+    for suffix in ["", "-wal", "-shm", "-walrust"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
+    }
+    r
+}
+
+/// Waits until the watch log has `count` lines containing `needle` (panics after `limit`).
+fn wait_log(log: &Path, needle: &str, count: usize, limit: Duration) {
+    let start = Instant::now();
+    while log_text(log).matches(needle).count() < count {
+        assert!(
+            start.elapsed() < limit,
+            "no {count}x {needle:?} in the watch log within {limit:?}:\n{}",
+            log_text(log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The soak caught this: a database whose start failed on storage (here: a new file matching the glob during
+/// an outage) used to wait 30 s before it was tried again, and a drain in that window exited 0 without ever
+/// shipping it. Now its start is retried with backoff on its own thread, and stopping tries it once more:
+/// shipped when storage is back, an error exit (never 0) when it is not.
+#[test]
+fn a_database_that_could_not_start_is_shipped_by_the_drain_or_the_exit_says_so() {
+    let Some(s) = setup("drainstart") else { return };
+    let dbs = s.dir.join("dbs");
+    std::fs::create_dir_all(&dbs).unwrap();
+    let cfg = s.dir.join("walrust.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[s3]\nbucket = \"{}\"\nendpoint = \"{}\"\n\n[sync]\ninterval = \"100ms\"\n\n[[databases]]\npath = \"{}/*.db\"\n",
+            s.via_proxy.url,
+            s.proxy.endpoint(),
+            dbs.display()
+        ),
+    )
+    .unwrap();
+    let make = |name: &str, seed: &str| {
+        let db = dbs.join(format!("{name}.db"));
+        ok(&workload(&db, &["--txns", "30", "--seed", seed]));
+        db
+    };
+    let spawn = |log: &Path| {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        std::process::Command::new(walrust_bin())
+            .args(["watch", "--config", cfg.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap()
+    };
+    let a = make("a", "21");
+    let log = s.dir.join("watch1.log");
+    let watch = spawn(&log);
+    wait_log(&log, "a: generation", 1, Duration::from_secs(60));
+
+    // Storage fails; a new database appears and cannot start.
+    s.proxy.set(r#"{"error_rate": 1.0}"#);
+    let b = make("b", "22");
+    wait_log(&log, "cannot start yet", 1, Duration::from_secs(120));
+    // Storage is back and the process is told to stop before the next try: the drain ships `b`.
+    s.proxy.set(r#"{"error_rate": 0.0}"#);
+    assert_eq!(stop(watch, 120), 0, "watch log:\n{}", log_text(&log));
+    assert_eq!(try_restore_name(&s.dir, &s.direct, "b"), Ok(digest(&b)), "log:\n{}", log_text(&log));
+    assert_eq!(try_restore_name(&s.dir, &s.direct, "a"), Ok(digest(&a)));
+
+    // Again, but storage is still failing at the drain: the exit is an error naming the database.
+    let log = s.dir.join("watch2.log");
+    let watch = spawn(&log);
+    wait_log(&log, "watching 2 database(s)", 1, Duration::from_secs(60));
+    s.proxy.set(r#"{"error_rate": 1.0}"#);
+    let c = make("c", "23");
+    wait_log(&log, "cannot start yet", 1, Duration::from_secs(120));
+    let code = stop(watch, 180);
+    let text = log_text(&log);
+    assert_ne!(code, 0, "a database never shipped must not exit 0; log:\n{text}");
+    let last = text.lines().rev().find(|l| l.contains("error")).unwrap_or_default();
+    assert!(last.contains(&c.display().to_string()), "the error names {}: {text}", c.display());
+    s.proxy.set(r#"{"error_rate": 0.0}"#);
+    assert!(try_restore_name(&s.dir, &s.direct, "c").is_err(), "c was never shipped");
+    assert_eq!(try_restore_name(&s.dir, &s.direct, "b"), Ok(digest(&b)));
+    let _ = std::fs::remove_dir_all(&s.dir);
+}

@@ -171,3 +171,70 @@ fn wal_restart_while_down_starts_a_new_generation() {
     assert_eq!(rows(&out), rows(&db));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Leaves the WAL as a writer killed between writing its transaction's frames and publishing them in the
+/// wal-index does: frames that are valid in the file (salts, checksum chain, a commit frame) but not committed.
+/// They are made by a second process on a copy of the database (so that nothing in this process opens or
+/// closes the real files, which would drop its SQLite locks) and appended to the real WAL.
+fn append_unpublished_transaction(db: &Path, dir: &Path, value: &str) {
+    let script = r#"
+import os, shutil, sqlite3, sys
+db, tmp, value = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(tmp, exist_ok=True)
+shutil.copyfile(db, tmp + "/c.db")
+shutil.copyfile(db + "-wal", tmp + "/c.db-wal")
+n = os.path.getsize(db + "-wal")
+c = sqlite3.connect(tmp + "/c.db", isolation_level=None)
+c.execute("PRAGMA wal_autocheckpoint=0")
+c.execute("INSERT INTO t(v) VALUES (?)", (value,))
+extra = open(tmp + "/c.db-wal", "rb").read()[n:]
+assert len(extra) > 0, "the copy's transaction went to its WAL"
+with open(db + "-wal", "r+b") as f:
+    f.seek(n)
+    f.write(extra)
+os._exit(0)  # no close: the copy's last connection would checkpoint it
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, db.to_str().unwrap(), dir.join("copy").to_str().unwrap(), value])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Found by the soak: a writer SIGKILLed after writing its commit frame but before publishing it. SQLite's next
+/// writer overwrites those frames under the same salts; walrust used to ship them (a transaction that never
+/// committed, in the backup) and then found nothing it could read after them, so it shipped nothing more while
+/// saying it was caught up.
+#[test]
+fn frames_a_killed_writer_never_published_are_not_shipped() {
+    let dir = temp_dir("unpublished");
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
+    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
+    w.tick(true).unwrap();
+
+    let restored = |tag: &str| {
+        let out = dir.join(format!("out-{tag}.db"));
+        let o = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
+        restore(storage.as_ref(), "app", &o).unwrap();
+        rows(&out)
+    };
+    append_unpublished_transaction(&db, &dir, "phantom");
+    w.tick(true).unwrap();
+    let got = restored("a");
+    assert!(!got.iter().any(|(_, v)| v == "phantom"), "an uncommitted transaction was shipped: {got:?}");
+    assert_eq!(got, rows(&db));
+
+    // The application's next transaction overwrites those frames; it is shipped, with the chain intact.
+    a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
+    w.tick(true).unwrap();
+    let got = restored("b");
+    assert_eq!(got, rows(&db));
+    assert_eq!(got.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(), ["seed", "one", "two"]);
+    assert_eq!(w.stats.generations_started, 1);
+    drop(w);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -328,16 +328,16 @@ fn watch(r: Resolved) -> Result<i32> {
     if let Some(h) = &webhooks {
         replicator = replicator.with_webhooks(h.clone());
     }
-    // Start every database first: a database that cannot start is an error before anything runs (those already
-    // started are drained when `replicator` is dropped).
+    // Every database is checked locally first: one that is not a WAL database (or is watched by another walrust)
+    // is an error before anything runs (those already added are drained when `replicator` is dropped). The
+    // rest of each start (remote head, backlog, first snapshot) runs on the databases' own threads, side by
+    // side; a database that cannot start there ends like one that stopped (see the loop below).
     // Databases that failed to start or stopped with an error: tried again after RETRY_FAILED.
     let mut given_up: std::collections::BTreeMap<PathBuf, std::time::Instant> = std::collections::BTreeMap::new();
     let started = jobs.len();
     for (db, opts) in jobs {
-        match replicator.add(&db, opts) {
+        match replicator.add_background(&db, opts) {
             Ok(()) => {}
-            // A storage hiccup while one database reads its remote head: that database starts later; the
-            // others run meanwhile. Anything else (not WAL, fenced, bad name) is an error before anything runs.
             Err(e) if e.is_transient() => {
                 log::warn(&format!("{e} (trying again in {}s)", RETRY_FAILED.as_secs()));
                 given_up.insert(db, std::time::Instant::now());
@@ -478,7 +478,7 @@ fn watch(r: Resolved) -> Result<i32> {
                 continue; // the name is taken by a database being replaced; retry on the next round
             }
             let name = opts.name.clone();
-            match replicator.add(&path, opts) {
+            match replicator.add_background(&path, opts) {
                 Ok(()) => log::info(&format!("{}: new database, now watching it as '{name}'", path.display())),
                 Err(e) => {
                     log::warn(&format!(
