@@ -82,12 +82,16 @@ pub mod keys;
 pub mod log;
 pub mod metrics;
 #[doc(hidden)]
+pub mod notify;
+#[doc(hidden)]
 pub mod object;
 #[doc(hidden)]
 pub mod remote;
 pub mod replicate;
 pub mod replicator;
 pub mod restore;
+#[doc(hidden)]
+pub mod semaphore;
 #[doc(hidden)]
 pub mod sqlite;
 #[doc(hidden)]

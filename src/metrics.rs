@@ -130,6 +130,7 @@ impl Registry {
             .iter()
             .filter_map(|(db, m)| match &m.failed {
                 Some(why) => Some(format!("{db}: stopped: {why}")),
+                None if m.last_sync_ms == 0 => Some(format!("{db}: starting (not caught up yet)")),
                 None if now_ms.saturating_sub(m.last_sync_ms) > stale_ms => {
                     Some(format!("{db}: last sync {} s ago", now_ms.saturating_sub(m.last_sync_ms) / 1000))
                 }

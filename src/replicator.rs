@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::metrics::Registry;
+use crate::semaphore::Semaphore;
 use crate::storage::{self, OpenOptions, StorageRef};
 use crate::watch::{Durable, Flusher, WatchOptions, Watcher};
 use crate::webhook::Webhooks;
@@ -38,37 +39,11 @@ pub struct Replicator {
     running: Mutex<BTreeMap<PathBuf, Running>>,
     /// Bounds how many databases added with [`Replicator::add_background`] begin (read their remote head, ship
     /// their backlog or a first snapshot) at once.
-    begin_gate: Arc<Gate>,
+    begin_gate: Arc<Semaphore>,
 }
 
 /// How many databases begin at once (see [`Replicator::add_background`]).
 const CONCURRENT_BEGINS: usize = 4;
-
-/// A counting semaphore.
-struct Gate {
-    free: Mutex<usize>,
-    freed: std::sync::Condvar,
-}
-
-impl Gate {
-    fn enter(&self) -> GatePass<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-        *free -= 1;
-        GatePass(self)
-    }
-}
-
-struct GatePass<'a>(&'a Gate);
-
-impl Drop for GatePass<'_> {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.0.freed.notify_one();
-    }
-}
 
 /// One database's thread.
 struct Running {
@@ -76,6 +51,8 @@ struct Running {
     stop: Arc<AtomicBool>,
     flusher: Arc<Flusher>,
     handle: JoinHandle<Result<()>>,
+    /// File change notifications for the database, while it runs.
+    _notify: Option<crate::notify::Registration>,
 }
 
 /// A database whose loop ended on its own (see [`Replicator::reap`]).
@@ -107,7 +84,7 @@ impl Replicator {
             metrics: None,
             webhooks: None,
             running: Mutex::new(BTreeMap::new()),
-            begin_gate: Arc::new(Gate { free: Mutex::new(CONCURRENT_BEGINS), freed: std::sync::Condvar::new() }),
+            begin_gate: Arc::new(Semaphore::new(CONCURRENT_BEGINS)),
         }
     }
 
@@ -161,7 +138,7 @@ impl Replicator {
             let mut failures: u32 = 0;
             loop {
                 let begun = {
-                    let _pass = gate.enter();
+                    let _permit = gate.acquire();
                     w.begin()
                 };
                 match begun {
@@ -178,10 +155,11 @@ impl Replicator {
                         // A failed begin may have left the watcher halfway: start again from what storage and
                         // the state file say, as a restarted process would (the old one lets go of the lock
                         // first).
-                        let flusher = w.flusher();
+                        let (flusher, notified) = (w.flusher(), w.notified());
                         drop(w);
                         w = Watcher::open(&db, Arc::clone(&storage), opts.clone())?;
                         w.set_flusher(flusher);
+                        w.set_notified(notified);
                         if let Some(r) = &metrics {
                             w.set_metrics(Arc::clone(r));
                         }
@@ -224,6 +202,9 @@ impl Replicator {
             w.set_webhooks(h.clone());
         }
         let flusher = w.flusher();
+        let poke: Arc<dyn crate::notify::Poke> = flusher.clone();
+        let notify = crate::notify::register(w.db_path(), Arc::downgrade(&poke));
+        w.set_notified(notify.is_some());
         let stop = Arc::new(AtomicBool::new(false));
         let name = w.name().to_string();
         let path = w.db_path().to_path_buf();
@@ -243,7 +224,7 @@ impl Replicator {
                 w.run(&thread_stop).map_err(|e| e.context(w.db_path().display()))
             })
             .map_err(|e| Error::io("starting a replication thread", e))?;
-        self.lock().insert(path, Running { name, stop, flusher, handle });
+        self.lock().insert(path, Running { name, stop, flusher, handle, _notify: notify });
         Ok(())
     }
 
@@ -251,6 +232,7 @@ impl Replicator {
     pub fn remove(&self, db: impl AsRef<Path>) -> Option<Result<()>> {
         let r = self.lock().remove(db.as_ref())?;
         r.stop.store(true, Ordering::Relaxed);
+        r.flusher.wake();
         Some(join(r))
     }
 
@@ -307,6 +289,7 @@ impl Replicator {
         let running = std::mem::take(&mut *self.lock());
         for r in running.values() {
             r.stop.store(true, Ordering::Relaxed);
+            r.flusher.wake();
         }
         running.into_iter().map(|(path, r)| Ended { path, name: r.name.clone(), result: join(r) }).collect()
     }
@@ -318,6 +301,7 @@ impl Drop for Replicator {
         let running = std::mem::take(&mut *self.lock());
         for r in running.values() {
             r.stop.store(true, Ordering::Relaxed);
+            r.flusher.wake();
         }
         for (_, r) in running {
             if let Err(e) = join(r) {

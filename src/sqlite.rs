@@ -222,6 +222,7 @@ impl Pins {
         let conn = &self.conns[self.held.unwrap_or(0)];
         let err = |what: &str| Error::Other(format!("reading the WAL index of {}: {what}", self.path.display()));
         let mut copies = [[0u8; WAL_INDEX_HEADER_LEN]; 2];
+        let mut backfilled = [0u8; 4];
         for _ in 0..1000 {
             // SAFETY: as in read_db, the file belongs to `conn`, borrowed for the call. xShmMap with bExtend=0
             // returns SQLite's existing mapping of the first 32 KiB region (mapped while a read transaction is
@@ -254,10 +255,13 @@ impl Pins {
                     }
                     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
                 }
+                for (j, b) in backfilled.iter_mut().enumerate() {
+                    *b = std::ptr::read_volatile(base.add(crate::wal::WAL_INDEX_BACKFILL_OFFSET + j));
+                }
             }
             if copies[0] == copies[1] {
                 if let Some(ix) = WalIndex::parse(&copies[0]) {
-                    return Ok(ix);
+                    return Ok(WalIndex { backfilled: u32::from_ne_bytes(backfilled), ..ix });
                 }
             }
             std::thread::yield_now();

@@ -129,7 +129,13 @@ pub struct WalIndex {
     pub salt2: u32,
     /// Running checksum after frame `mx_frame`.
     pub frame_checksum: [u32; 2],
+    /// Frames already copied into the database file (the checkpoint info's nBackfill, which follows the two
+    /// header copies; read without a lock, so only a hint of checkpoint progress).
+    pub backfilled: u32,
 }
+
+/// Offset of nBackfill in the wal-index (the checkpoint info after the two header copies).
+pub const WAL_INDEX_BACKFILL_OFFSET: usize = 2 * WAL_INDEX_HEADER_LEN;
 
 /// Length of one copy of the wal-index header; SQLite keeps two copies back to back at the start of `-shm`.
 pub const WAL_INDEX_HEADER_LEN: usize = 48;
@@ -148,7 +154,13 @@ impl WalIndex {
         if checksum(cfg!(target_endian = "big"), &b[..40], [0, 0]) != [ne(40), ne(44)] {
             return None;
         }
-        Some(WalIndex { mx_frame: ne(16), salt1: be32(b, 32), salt2: be32(b, 36), frame_checksum: [ne(24), ne(28)] })
+        Some(WalIndex {
+            mx_frame: ne(16),
+            salt1: be32(b, 32),
+            salt2: be32(b, 36),
+            frame_checksum: [ne(24), ne(28)],
+            backfilled: 0,
+        })
     }
 
     /// Whether this index describes the WAL cycle that `h` heads.

@@ -42,6 +42,17 @@ const FAILURES_BEFORE_WEBHOOK: u32 = 5;
 /// How often an idle, caught-up database moves its pin, so that an application's own checkpoint waiting for
 /// readers (TRUNCATE, RESTART, FULL) is held up by walrust for at most about this long.
 const REPIN_INTERVAL: Duration = Duration::from_millis(250);
+/// How often an idle database checks that its file was not deleted or replaced, and looks for a snapshot request.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// With file change notifications (crate::notify), a caught-up loop that saw nothing happen for HOT_PERIOD waits
+/// up to IDLE_WAIT for one instead of the check interval. HOT_PERIOD covers what gives no notification: the
+/// wal-index's nBackfill moves after a checkpoint's last write to the database file, and the application's
+/// TRUNCATE then waits for walrust to re-pin.
+const HOT_PERIOD: Duration = Duration::from_secs(3);
+const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// A look that found the WAL written but nothing new published looks again this soon: the writer publishes
+/// right after writing (one notification for both).
+const PUBLISH_WAIT: Duration = Duration::from_millis(2);
 
 /// Settings of one database's loop.
 #[derive(Debug, Clone)]
@@ -115,6 +126,14 @@ pub struct Watcher {
     /// `walrust snapshot` asks a running watch for a snapshot by creating this file.
     snapshot_request: PathBuf,
     last_request_check: Instant,
+    last_idle_check: Instant,
+    /// The wal-index (cycle, end, nBackfill) when an idle tick last looked (see `tick`).
+    seen_index: Option<(u32, u32, u32, u32)>,
+    last_publish: Option<Instant>,
+    /// File change notifications reach this loop's flusher (crate::notify): idle, it can wait for them.
+    notified: bool,
+    /// When the WAL last changed or a notification came.
+    last_activity: Instant,
     _lock: File,
     pins: Pins,
     page_size: u32,
@@ -133,6 +152,10 @@ pub struct Watcher {
     changed_since_snapshot: bool,
     last_upload: Option<Instant>,
     last_wal_stat: (u64, i64, i64),
+    /// The wal-index's (mxFrame, salts) at the last look (see `wal_changed`).
+    last_published: Option<(u32, u32, u32)>,
+    /// The last look saw the WAL file change with nothing newly published (see `run_loop`).
+    awaiting_publish: bool,
     /// When the pin last moved (an idle, caught-up database re-pins now and then; see `tick`).
     last_pin: Instant,
     /// Inside a forced checkpoint (the write lock is held).
@@ -209,6 +232,11 @@ impl Watcher {
             wal_path,
             snapshot_request,
             last_request_check: Instant::now(),
+            last_idle_check: Instant::now(),
+            seen_index: None,
+            last_publish: None,
+            notified: false,
+            last_activity: Instant::now(),
             state_path,
             _lock: lock,
             pins,
@@ -226,6 +254,8 @@ impl Watcher {
             changed_since_snapshot: false,
             last_upload: None,
             last_wal_stat: (u64::MAX, 0, 0),
+            last_published: None,
+            awaiting_publish: false,
             last_pin: Instant::now(),
             forcing: false,
             metrics: None,
@@ -515,8 +545,18 @@ impl Watcher {
     fn wal_changed(&mut self) -> Result<bool> {
         let m = self.wal.metadata().map_err(|e| Error::io(self.wal_path.display().to_string(), e))?;
         let stat = (m.len(), m.mtime(), m.mtime_nsec());
-        let changed = stat != self.last_wal_stat;
+        // The WAL file and what the wal-index publishes of it: a writer writes its frames (the file changes),
+        // then publishes them (only shared memory changes); a look in between reads nothing new, so the
+        // publication must count as a change too.
+        let published = self.pins.wal_index().ok().map(|ix| (ix.mx_frame, ix.salt1, ix.salt2));
+        let changed = stat != self.last_wal_stat || published != self.last_published;
+        // The file changed but nothing new is published: most likely a writer between the two steps.
+        self.awaiting_publish = stat != self.last_wal_stat && published == self.last_published;
         self.last_wal_stat = stat;
+        self.last_published = published;
+        if changed {
+            self.last_activity = Instant::now();
+        }
         Ok(changed)
     }
 
@@ -546,11 +586,21 @@ impl Watcher {
             self.sync(force)?;
         } else if self.inflight.is_none() && self.last_pin.elapsed() >= REPIN_INTERVAL {
             // An idle database is also checked for deletion or replacement now and then (its WAL never changes).
-            self.check_not_replaced()?;
-            // Caught up and nothing changed: move the pin to the current end. If the application has backfilled
-            // everything (its own checkpoint, perhaps a TRUNCATE now waiting for readers), the new pin lands on
-            // read mark 0 and lets that checkpoint restart the WAL. Safe because nothing unshipped is in the WAL.
-            self.pins.advance()?;
+            if self.last_idle_check.elapsed() >= IDLE_CHECK_INTERVAL {
+                self.check_not_replaced()?;
+                self.last_idle_check = Instant::now();
+            }
+            // Caught up and nothing changed: when a checkpoint has copied frames since the last look (the
+            // wal-index says so, read from memory), move the pin to the current end. If the application has
+            // backfilled everything (its own checkpoint, perhaps a TRUNCATE now waiting for readers), the new pin
+            // lands on read mark 0 and lets that checkpoint restart the WAL. Safe because nothing unshipped is in
+            // the WAL. Nothing changed: nothing to do (a thousand idle databases cost no SQLite work).
+            let ix = self.pins.wal_index()?;
+            let seen = Some((ix.salt1, ix.salt2, ix.mx_frame, ix.backfilled));
+            if seen != self.seen_index {
+                self.pins.advance()?;
+                self.seen_index = seen;
+            }
             self.last_pin = Instant::now();
         }
         self.serve_snapshot_request()?;
@@ -592,6 +642,11 @@ impl Watcher {
             self.wal_warned = false;
             log::info(&format!("{}: the WAL is back under half the warning size ({wal_bytes} bytes)", self.opts.name));
         }
+    }
+
+    /// What, when it changes, is published at once (see `run_loop`).
+    fn publish_key(&self) -> (u64, u64, u64, bool, bool) {
+        (self.generation, self.seq, self.stats.snapshots, self.dirty_since.is_some(), self.last_caught_up_ms != 0)
     }
 
     fn publish(&mut self) {
@@ -816,11 +871,11 @@ impl Watcher {
         self.checkpoint_and_repin()
     }
 
-    /// A snapshot asked for by `walrust snapshot` (a stat every 250 ms). The request file is removed only once the
-    /// snapshot is stored; until then it tries again every 250 ms.
+    /// A snapshot asked for by `walrust snapshot` (a stat every second). The request file is removed only once the
+    /// snapshot is stored; until then it tries again every second.
     fn serve_snapshot_request(&mut self) -> Result<()> {
-        // At most one stat per REPIN_INTERVAL: with many databases the loop runs often and this is rarely true.
-        if self.last_request_check.elapsed() < REPIN_INTERVAL {
+        // At most one stat per IDLE_CHECK_INTERVAL: with many databases the loop runs often and this is rarely true.
+        if self.last_request_check.elapsed() < IDLE_CHECK_INTERVAL {
             return Ok(());
         }
         self.last_request_check = Instant::now();
@@ -915,12 +970,21 @@ impl Watcher {
             // A flush asked for before this tick began is answered by it: the tick reads the WAL to its end.
             let ticket = self.flusher.as_ref().map(|f| f.requested()).unwrap_or(0);
             let flushing = self.flusher.as_ref().is_some_and(|f| f.done() < ticket);
+            let before = self.publish_key();
             let r = self.tick(flushing);
             if r.is_err() {
                 self.errors += 1;
                 self.dirty_since.get_or_insert_with(Instant::now);
             }
-            self.publish();
+            // Numbers go out when something happened, and at least every second (the health check's "synced
+            // recently", the WAL size warning); an idle tick costs no more than a stat.
+            if r.is_err()
+                || before != self.publish_key()
+                || self.last_publish.is_none_or(|t| t.elapsed() >= IDLE_CHECK_INTERVAL)
+            {
+                self.publish();
+                self.last_publish = Some(Instant::now());
+            }
             match r {
                 Ok(()) => {
                     failures = 0;
@@ -946,8 +1010,22 @@ impl Watcher {
                 }
                 Err(e) => return Err(e),
             }
+            // Caught up and nothing happened for a while: with file change notifications, wait for one (or
+            // IDLE_WAIT); otherwise look again after the check interval.
+            let caught_up = self.last_wal_stat.0 != u64::MAX && self.inflight.is_none();
+            let wait = if self.awaiting_publish {
+                PUBLISH_WAIT.min(self.opts.check_interval)
+            } else if self.notified && caught_up && self.last_activity.elapsed() >= HOT_PERIOD {
+                IDLE_WAIT.max(self.opts.check_interval)
+            } else {
+                self.opts.check_interval
+            };
             match &self.flusher {
-                Some(f) => f.wait_for_request(stop, self.opts.check_interval),
+                Some(f) => {
+                    if f.wait_for_request(stop, wait) {
+                        self.last_activity = Instant::now();
+                    }
+                }
                 None => sleep_until(stop, self.opts.check_interval),
             }
         }
@@ -968,6 +1046,17 @@ impl Watcher {
             f.shipped(0, durable);
         }
         Arc::clone(f)
+    }
+
+    /// Tells the loop that changes of the database's files wake it (crate::notify), so that an idle database
+    /// need not look every check interval.
+    pub fn set_notified(&mut self, on: bool) {
+        self.notified = on;
+    }
+
+    /// See [`Watcher::set_notified`].
+    pub fn notified(&self) -> bool {
+        self.notified
     }
 
     /// Uses `f` (from an earlier watcher of the same database) for [`Watcher::flusher`], so that flushes asked
@@ -1050,6 +1139,15 @@ struct FlushState {
     last_error: Option<String>,
     /// The loop ended: `Some(None)` cleanly, `Some(Some(e))` with an error.
     stopped: Option<Option<String>>,
+    /// The database's files changed since the loop last waited (crate::notify).
+    poked: bool,
+}
+
+impl crate::notify::Poke for Flusher {
+    fn poke(&self) {
+        self.lock().poked = true;
+        self.changed.notify_all();
+    }
 }
 
 impl Flusher {
@@ -1077,25 +1175,34 @@ impl Flusher {
         self.lock().last_error = Some(e.to_string());
     }
 
+    /// Wakes the loop waiting in `wait_for_request` (after its stop flag was set).
+    pub(crate) fn wake(&self) {
+        let _s = self.lock();
+        self.changed.notify_all();
+    }
+
     pub(crate) fn stopped(&self, e: Option<String>) {
         self.lock().stopped = Some(e);
         self.changed.notify_all();
     }
 
-    /// Sleeps up to `d`, waking early for a flush request or `stop`.
-    fn wait_for_request(&self, stop: &AtomicBool, d: Duration) {
+    /// Sleeps up to `d`, waking early for a flush request, a change of the database's files (returns true) or
+    /// `stop`.
+    fn wait_for_request(&self, stop: &AtomicBool, d: Duration) -> bool {
         let end = Instant::now() + d;
         let mut s = self.lock();
-        while s.requested <= s.done && !stop.load(Ordering::Relaxed) {
+        while s.requested <= s.done && !s.poked && !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= end {
-                return;
+                break;
             }
-            s = match self.changed.wait_timeout(s, (end - now).min(Duration::from_millis(50))) {
+            // Woken early by a flush request or by `wake` (whoever sets `stop` calls it).
+            s = match self.changed.wait_timeout(s, end - now) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
         }
+        std::mem::take(&mut s.poked)
     }
 
     /// The position shipped so far, if the loop has reported one.

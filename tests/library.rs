@@ -131,9 +131,38 @@ fn flush_fails_fast_when_replication_stopped(dir: &Path, b: &Backend) {
     assert!(r.databases().is_empty());
 }
 
+/// An idle database's loop sleeps until its files change (inotify) instead of looking every check interval; a
+/// commit after a quiet period is still shipped at once, not at the next idle look (5 s later).
+fn a_commit_after_a_quiet_period_is_shipped_at_once(dir: &Path, b: &Backend) {
+    let db = dir.join("q.db");
+    let c = app(&db);
+    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").unwrap();
+    let r = replicator(b);
+    r.add(&db, WatchOptions::new("q")).unwrap();
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_secs(4)); // past the 3 s in which the loop keeps looking often
+        let before = r.durable(&db).unwrap().seq;
+        c.execute("INSERT INTO t(v) VALUES (?1)", [format!("after quiet {round}")]).unwrap();
+        let t = Instant::now();
+        while r.durable(&db).unwrap().seq == before {
+            assert!(
+                t.elapsed() < Duration::from_secs(3),
+                "round {round}: not shipped {:?} after the commit",
+                t.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("round {round}: shipped {:?} after the commit", t.elapsed());
+        assert!(t.elapsed() < Duration::from_millis(1500), "round {round}: {:?}", t.elapsed());
+    }
+    assert_eq!(restore_latest(&r, "q", &dir.join("q-out.db")), rows(&db));
+    r.shutdown().unwrap();
+}
+
 on_both_backends!(
     example_application,
     flush_ships_at_once_and_waits_for_storage,
     remove_and_shutdown_drain,
-    flush_fails_fast_when_replication_stopped
+    flush_fails_fast_when_replication_stopped,
+    a_commit_after_a_quiet_period_is_shipped_at_once
 );

@@ -238,3 +238,98 @@ fn frames_a_killed_writer_never_published_are_not_shipped() {
     drop(w);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An idle, caught-up walrust does no SQLite work on its ticks, but when the application's checkpoint has
+/// copied the WAL into the database (the wal-index's nBackfill moved), walrust moves its pin within a repin
+/// interval, so the application's TRUNCATE checkpoint (waiting in its busy handler) completes.
+#[test]
+fn an_idle_watcher_lets_the_applications_truncate_checkpoint_through() {
+    let dir = temp_dir("idle-truncate");
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
+    // walrust never checkpoints here itself: its pin stays on the last frame it shipped (read mark > 0).
+    let mut o = opts();
+    o.checkpoint_frames = 1_000_000;
+    let mut w = Watcher::start(&db, storage.clone(), o).unwrap();
+    for round in 0..3 {
+        a.execute("INSERT INTO t(v) VALUES (?1)", [format!("r{round}")]).unwrap();
+        w.tick(true).unwrap();
+        let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (busy, took) = std::thread::scope(|s| {
+            let app = s.spawn(|| {
+                let c = Connection::open(&db).unwrap();
+                c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+                let t = std::time::Instant::now();
+                let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).unwrap();
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                (busy, t.elapsed())
+            });
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                w.tick(false).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            app.join().unwrap()
+        });
+        assert_eq!(busy, 0, "round {round}: the TRUNCATE checkpoint was held up for {took:?}");
+        assert!(took < std::time::Duration::from_secs(2), "round {round}: took {took:?}");
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "round {round}: the WAL was truncated");
+    }
+    a.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    w.tick(true).unwrap();
+    assert_eq!(w.stats.generations_started, 1);
+    drop(w);
+    let out = dir.join("out.db");
+    let o = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
+    restore(storage.as_ref(), "app", &o).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A writer writes its frames to the WAL, then publishes them in the wal-index (shared memory only). A look in
+/// between sees the file change and nothing committed; the publication must still count as news, or the
+/// transaction waits for the application's next write. Reproduced exactly: a WAL restart leaves the file's size
+/// as it was, and the file's mtime is set back, so that only the wal-index shows the new transaction.
+#[test]
+fn a_transaction_seen_only_in_the_wal_index_is_shipped() {
+    let dir = temp_dir("published");
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
+    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    // A long WAL, shipped and backfilled (opts() checkpoints after every changeset), the pin on read mark 0.
+    a.execute_batch(
+        "BEGIN; INSERT INTO t(v) SELECT hex(randomblob(2000)) FROM t; INSERT INTO t(v) SELECT v FROM t; COMMIT;",
+    )
+    .unwrap();
+    w.tick(true).unwrap();
+    let _ = a.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    w.tick(true).unwrap();
+    let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+    let before = std::fs::metadata(&wal).unwrap();
+    // The next transaction restarts the WAL: written over its first frames, the file as long as before.
+    a.execute("INSERT INTO t(v) VALUES ('after restart')", []).unwrap();
+    let after = std::fs::metadata(&wal).unwrap();
+    assert_eq!(after.len(), before.len(), "the restart reused the file");
+    std::fs::File::options()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(before.modified().unwrap()))
+        .unwrap();
+    assert_eq!(std::fs::metadata(&wal).unwrap().modified().unwrap(), before.modified().unwrap());
+    // Not forced: only what the loop notices is shipped.
+    for _ in 0..3 {
+        w.tick(false).unwrap();
+    }
+    let out = dir.join("out.db");
+    let o = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
+    restore(storage.as_ref(), "app", &o).unwrap();
+    assert_eq!(rows(&out), rows(&db), "the transaction the wal-index published was shipped");
+    drop(w);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
