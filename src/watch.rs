@@ -551,7 +551,10 @@ impl Watcher {
         let published = self.pins.wal_index().ok().map(|ix| (ix.mx_frame, ix.salt1, ix.salt2));
         let changed = stat != self.last_wal_stat || published != self.last_published;
         // The file changed but nothing new is published: most likely a writer between the two steps.
-        self.awaiting_publish = stat != self.last_wal_stat && published == self.last_published;
+        // (Not after a forced look: `last_wal_stat` is reset to make the next tick look, e.g. while the upload
+        // budget is not free, and that must not turn into a fast loop.)
+        self.awaiting_publish =
+            self.last_wal_stat.0 != u64::MAX && stat != self.last_wal_stat && published == self.last_published;
         self.last_wal_stat = stat;
         self.last_published = published;
         if changed {
