@@ -191,18 +191,8 @@ impl Pins {
         let err = |what: &str| Error::Other(format!("reading {}: {what}", self.path.display()));
         // SAFETY: the file pointer belongs to `conn`, which stays open (borrowed) for the whole call; xRead is
         // given a buffer of exactly the length it is told.
+        let file = main_file(conn).ok_or_else(|| err("no file handle"))?;
         unsafe {
-            let db = conn.handle();
-            let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-            let rc = ffi::sqlite3_file_control(
-                db,
-                c"main".as_ptr(),
-                ffi::SQLITE_FCNTL_FILE_POINTER,
-                &mut file as *mut *mut ffi::sqlite3_file as *mut c_void,
-            );
-            if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
-                return Err(err("no file handle"));
-            }
             let Some(x_read) = (*(*file).pMethods).xRead else { return Err(err("no xRead")) };
             let len = c_int::try_from(buf.len()).map_err(|_| err("read too large"))?;
             let off = i64::try_from(offset).map_err(|_| err("offset too large"))?;
@@ -228,18 +218,8 @@ impl Pins {
             // returns SQLite's existing mapping of the first 32 KiB region (mapped while a read transaction is
             // held), which stays mapped while the connection is open; it is read with volatile reads, in the
             // order SQLite's own readers use (copy 0, barrier, copy 1), since writers in other processes change it.
+            let file = main_file(conn).ok_or_else(|| err("no file handle"))?;
             unsafe {
-                let db = conn.handle();
-                let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-                let rc = ffi::sqlite3_file_control(
-                    db,
-                    c"main".as_ptr(),
-                    ffi::SQLITE_FCNTL_FILE_POINTER,
-                    &mut file as *mut *mut ffi::sqlite3_file as *mut c_void,
-                );
-                if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
-                    return Err(err("no file handle"));
-                }
                 let Some(x_shm_map) = (*(*file).pMethods).xShmMap else { return Err(err("no shared memory")) };
                 let mut region: *mut c_void = std::ptr::null_mut();
                 let rc = x_shm_map(file, 0, 32 * 1024, 0, &mut region);
@@ -280,6 +260,22 @@ impl Drop for Pins {
             end_read(&self.conns[i]);
         }
     }
+}
+
+/// The connection's own `sqlite3_file` for its main database (with its methods), valid while `conn` is open.
+fn main_file(conn: &Connection) -> Option<*mut ffi::sqlite3_file> {
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: SQLITE_FCNTL_FILE_POINTER writes one pointer to the location given; the handle is `conn`'s.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            &mut file as *mut *mut ffi::sqlite3_file as *mut c_void,
+        )
+    };
+    // SAFETY: a non-null file pointer from SQLite points at an open sqlite3_file.
+    (rc == ffi::SQLITE_OK && !file.is_null() && unsafe { !(*file).pMethods.is_null() }).then_some(file)
 }
 
 fn begin_read(conn: &Connection) -> rusqlite::Result<()> {

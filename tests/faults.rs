@@ -35,20 +35,7 @@ fn setup(tag: &str) -> Option<Setup> {
 
 /// Restores `app` from `b` into a fresh file; its digest, or the error line.
 fn try_restore(dir: &Path, b: &Backend) -> Result<String, String> {
-    let out = dir.join(unique("restored"));
-    let mut args = vec!["restore".to_string(), "app".into(), "-o".into(), out.display().to_string()];
-    args.extend(b.args());
-    let o = walrust(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let r = if o.status.success() {
-        assert_eq!(integrity(&out), "ok");
-        Ok(digest(&out))
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
-    };
-    for suffix in ["", "-wal", "-shm", "-walrust"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
-    }
-    r
+    try_restore_name(dir, b, "app")
 }
 
 /// Sets the flag when dropped, so that a panicking test still stops its writer thread (a scope would otherwise
@@ -296,13 +283,18 @@ fn truncated_and_reset_reads_are_retried_not_reported_corrupt() {
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
-/// Restores database `name` from `b` into a fresh file: its digest, or the error line.
+/// Restores database `name` from `b` into a fresh file (checking its integrity): its digest, or the error line.
 fn try_restore_name(dir: &Path, b: &Backend, name: &str) -> Result<String, String> {
     let out = dir.join(unique("restored"));
     let mut args = vec!["restore".to_string(), name.into(), "-o".into(), out.display().to_string()];
     args.extend(b.args());
     let o = walrust(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let r = if o.status.success() { Ok(digest(&out)) } else { Err(String::from_utf8_lossy(&o.stderr).trim().into()) };
+    let r = if o.status.success() {
+        assert_eq!(integrity(&out), "ok");
+        Ok(digest(&out))
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_string())
+    };
     for suffix in ["", "-wal", "-shm", "-walrust"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", out.display()));
     }
