@@ -86,6 +86,8 @@ pub mod notify;
 #[doc(hidden)]
 pub mod object;
 #[doc(hidden)]
+pub mod prefetch;
+#[doc(hidden)]
 pub mod remote;
 pub mod replicate;
 pub mod replicator;

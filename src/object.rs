@@ -268,6 +268,17 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// A GET of a listed object that failed: gone since the listing is corruption (a hole in the chain), anything
+/// else is the storage's error.
+fn get_error(key_str: &str, e: crate::storage::StorageError) -> Error {
+    match e {
+        crate::storage::StorageError::NotFound { .. } => {
+            Error::Corrupt(format!("object {key_str} disappeared while it was read"))
+        }
+        other => Error::from(other).context(format!("reading {key_str}")),
+    }
+}
+
 /// A read of `key_str` that failed in transit: transient, worth another GET (objects are immutable).
 fn transport(key_str: &str, message: String) -> Error {
     Error::Storage {
@@ -318,13 +329,15 @@ impl ObjectStream {
     }
 
     fn open_sized(storage: &dyn Storage, key: &ObjectKey, key_str: &str, size: Option<u64>) -> Result<ObjectStream> {
-        let body = storage.get(key_str).map_err(|e| match e {
-            crate::storage::StorageError::NotFound { .. } => {
-                Error::Corrupt(format!("object {key_str} disappeared while it was read"))
-            }
-            other => Error::from(other).context(format!("reading {key_str}")),
-        })?;
+        let body = storage.get(key_str).map_err(|e| get_error(key_str, e))?;
         ObjectStream::from_reader_sized(key, key_str, body, size)
+    }
+
+    /// Opens a listed object that a read-ahead thread is downloading (`crate::prefetch`); checked exactly like
+    /// [`ObjectStream::open_entry`].
+    pub fn from_fetch(entry: &crate::remote::Entry, fetch: crate::prefetch::Fetch<'_>) -> Result<ObjectStream> {
+        let body = fetch.open().map_err(|e| get_error(&entry.key_str, e))?;
+        ObjectStream::from_reader_sized(&entry.key, &entry.key_str, Box::new(body), Some(entry.size))
     }
 
     /// A stream over `body`, the bytes of the object `key_str`.

@@ -6,11 +6,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::{Scope, ScopedJoinHandle};
 
 use crate::error::{Error, Result};
 use crate::hadbp;
 use crate::keys::Kind;
 use crate::object::ObjectStream;
+use crate::prefetch::Fetch;
 use crate::remote::{self, Entry};
 use crate::state::{state_path, FileStamp, LocalState, STATE_VERSION};
 use crate::storage::Storage;
@@ -291,7 +294,11 @@ pub fn apply(storage: &dyn Storage, plan: &Plan, file: &File, path: &Path) -> Re
     apply_with_progress(storage, plan, file, path, &mut |_| {})
 }
 
-/// `apply`, reporting progress after every page.
+/// Objects read ahead of the one being applied (see crate::prefetch): enough to hide a round trip per small
+/// changeset; each buffers at most 1 MiB.
+const READ_AHEAD: usize = 8;
+
+/// `apply`, reporting progress after every page. The next objects are downloaded while one is applied.
 pub fn apply_with_progress(
     storage: &dyn Storage,
     plan: &Plan,
@@ -306,41 +313,56 @@ pub fn apply_with_progress(
     let mut db_pages: Option<u32> = None;
     let mut chain: Option<u64> = None;
     let mut pages_written = 0u64;
-    for (i, entry) in plan.objects.iter().enumerate() {
-        // An object whose read fails in transit is read again from its start (it is immutable, and its pages
-        // land where they did the first time).
-        let one = crate::object::with_retries(&entry.key_str, || {
-            let prev = if i == 0 { None } else { Some((page_size, chain)) };
-            let mut report = |done: u64| progress(Progress { done_bytes: done_before + done, total_bytes });
-            apply_object(storage, entry, prev, file, path, &mut buf, &mut report)
-        })?;
-        page_size = one.page_size;
-        if one.db_pages.is_some() {
-            db_pages = one.db_pages;
+    std::thread::scope(|scope| {
+        let mut writer = PageWriter::start(scope, file).map_err(|e| Error::io("starting the writer thread", e))?;
+        let mut ahead: std::collections::VecDeque<Option<Fetch<'_>>> = std::collections::VecDeque::new();
+        for (i, entry) in plan.objects.iter().enumerate() {
+            // Keep the next READ_AHEAD objects (this one included) downloading. A fetch that cannot start (no
+            // thread) is simply read directly.
+            while ahead.len() < READ_AHEAD && i + ahead.len() < plan.objects.len() {
+                let next = &plan.objects[i + ahead.len()];
+                ahead.push_back(Fetch::start(scope, storage, &next.key_str).ok());
+            }
+            let mut fetched = ahead.pop_front().flatten();
+            // An object whose read fails in transit is read again from its start, directly (it is immutable,
+            // and its pages land where they did the first time).
+            let one = crate::object::with_retries(&entry.key_str, || {
+                let prev = if i == 0 { None } else { Some((page_size, chain)) };
+                let mut report = |done: u64| progress(Progress { done_bytes: done_before + done, total_bytes });
+                let obj = match fetched.take() {
+                    Some(f) => ObjectStream::from_fetch(entry, f)?,
+                    None => ObjectStream::open_entry(storage, entry)?,
+                };
+                apply_object(obj, entry, prev, &mut writer, path, &mut buf, &mut report)
+            })?;
+            page_size = one.page_size;
+            if one.db_pages.is_some() {
+                db_pages = one.db_pages;
+            }
+            pages_written += one.pages_written;
+            chain = Some(one.chain);
+            done_before += entry.size;
+            progress(Progress { done_bytes: done_before, total_bytes });
         }
-        pages_written += one.pages_written;
-        chain = Some(one.chain);
-        done_before += entry.size;
-        progress(Progress { done_bytes: done_before, total_bytes });
-    }
+        writer.finish().map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    })?;
     Ok(Applied { page_size, db_pages: db_pages.unwrap_or(0), pages_written, chain: chain.unwrap_or(0) })
 }
 
-/// Streams one object of a plan into `file`, checking it against `prev` (page size and chain value after
-/// the previous object; `None` for the first, which must be a snapshot). `db_pages` is the object's commit
-/// record; `chain` the chain value after it.
+/// Applies one object of a plan (opened as `obj`) to `file`, checking it against `prev` (page size and chain
+/// value after the previous object; `None` for the first, which must be a snapshot). `db_pages` is the
+/// object's commit record; `chain` the chain value after it.
 fn apply_object(
-    storage: &dyn Storage,
+    mut obj: ObjectStream,
     entry: &Entry,
     prev: Option<(u32, Option<u64>)>,
-    file: &File,
+    writer: &mut PageWriter<'_>,
     path: &Path,
     buf: &mut Vec<u8>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ObjectApplied> {
     let key = &entry.key_str;
     let corrupt = |what: String| Error::Corrupt(format!("object {key} is corrupt: {what}"));
-    let mut obj = ObjectStream::open_entry(storage, entry)?;
     let h = *obj.header();
     if h.seq != entry.key.seq || h.created_ms != entry.key.commit_ms {
         return Err(corrupt(format!(
@@ -377,7 +399,8 @@ fn apply_object(
     };
     let mut pages_written = 0u64;
     while let Some(pgno) = obj.next_page(buf, page_size)? {
-        file.write_all_at(buf, (pgno as u64 - 1) * page_size as u64)
+        writer
+            .page((pgno as u64 - 1) * page_size as u64, buf)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         pages_written += 1;
         progress(obj.bytes_read().min(entry.size));
@@ -388,6 +411,95 @@ fn apply_object(
         Kind::Base | Kind::Changeset => checksum,
     };
     Ok(ObjectApplied { page_size, db_pages: obj.db_pages(), pages_written, chain })
+}
+
+/// Writes restored pages into the file on a thread of its own, in order, batched: a batch is up to
+/// `BATCH_BYTES` of pages, consecutive pages merged into one write. The copy into the page cache then overlaps
+/// decompression and hashing, and a snapshot costs one write per MiB instead of one per page. At most
+/// `BATCHES_QUEUED` batches wait for the thread, so memory stays bounded (a few MiB).
+struct PageWriter<'scope> {
+    tx: Option<SyncSender<Batch>>,
+    /// Batches the thread has written, for reuse.
+    recycled: Receiver<Batch>,
+    batch: Batch,
+    thread: Option<ScopedJoinHandle<'scope, std::io::Result<()>>>,
+}
+
+/// Bytes of pages and where each run of them goes: (file offset, length), the runs back to back in `data`.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    runs: Vec<(u64, usize)>,
+}
+
+const BATCH_BYTES: usize = 1 << 20;
+const BATCHES_QUEUED: usize = 2;
+
+impl<'scope> PageWriter<'scope> {
+    fn start<'env>(scope: &'scope Scope<'scope, 'env>, file: &'env File) -> std::io::Result<PageWriter<'scope>> {
+        let (tx, rx) = sync_channel::<Batch>(BATCHES_QUEUED);
+        let (back, recycled) = sync_channel::<Batch>(BATCHES_QUEUED + 2);
+        let thread = std::thread::Builder::new().name("walrust-write".into()).stack_size(128 * 1024).spawn_scoped(
+            scope,
+            move || {
+                for batch in rx {
+                    let mut at = 0;
+                    for &(offset, len) in &batch.runs {
+                        file.write_all_at(&batch.data[at..at + len], offset)?;
+                        at += len;
+                    }
+                    let _ = back.try_send(batch);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(PageWriter { tx: Some(tx), recycled, batch: Batch::default(), thread: Some(thread) })
+    }
+
+    /// Queues `data` to be written at `offset` (after everything queued before it).
+    fn page(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if self.batch.data.len() + data.len() > BATCH_BYTES {
+            self.send()?;
+        }
+        let b = &mut self.batch;
+        match b.runs.last_mut() {
+            Some((o, len)) if *o + *len as u64 == offset => *len += data.len(),
+            _ => b.runs.push((offset, data.len())),
+        }
+        b.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.batch.runs.is_empty() {
+            return Ok(());
+        }
+        let mut next = self.recycled.try_recv().unwrap_or_default();
+        next.data.clear();
+        next.runs.clear();
+        let full = std::mem::replace(&mut self.batch, next);
+        match &self.tx {
+            Some(tx) if tx.send(full).is_ok() => Ok(()),
+            // The thread stopped: its error.
+            _ => Err(self.finish().err().unwrap_or_else(|| std::io::Error::other("the writer thread stopped"))),
+        }
+    }
+
+    /// Writes what is queued and waits for the thread: the first write error, if any.
+    fn finish(&mut self) -> std::io::Result<()> {
+        if self.tx.is_some() && !self.batch.runs.is_empty() {
+            let full = std::mem::take(&mut self.batch);
+            let _ = self.tx.as_ref().map(|tx| tx.send(full));
+        }
+        self.tx = None;
+        match self.thread.take() {
+            Some(h) => match h.join() {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::other("the writer thread panicked")),
+            },
+            None => Err(std::io::Error::other("the writer thread had stopped")),
+        }
+    }
 }
 
 /// What one object contributed (see `apply_object`).
