@@ -97,6 +97,8 @@ pub mod semaphore;
 #[doc(hidden)]
 pub mod sqlite;
 #[doc(hidden)]
+pub mod stack;
+#[doc(hidden)]
 pub mod state;
 pub mod storage;
 pub mod verify;

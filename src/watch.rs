@@ -1016,6 +1016,11 @@ impl Watcher {
             // Caught up and nothing happened for a while: with file change notifications, wait for one (or
             // IDLE_WAIT); otherwise look again after the check interval.
             let caught_up = self.last_wal_stat.0 != u64::MAX && self.inflight.is_none();
+            if caught_up && before != self.publish_key() {
+                // It shipped and will now wait with a shallow stack: the pages the upload touched go back
+                // (a thousand databases' threads would otherwise each keep ~30 KiB of them).
+                crate::stack::release_unused();
+            }
             let wait = if self.awaiting_publish {
                 PUBLISH_WAIT.min(self.opts.check_interval)
             } else if self.notified && caught_up && self.last_activity.elapsed() >= HOT_PERIOD {
