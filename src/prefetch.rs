@@ -6,11 +6,14 @@
 //! body into a bounded queue of chunks. Memory stays bounded: at most `CHUNKS_QUEUED` chunks of `CHUNK` bytes
 //! per fetch, and the caller bounds how many fetches run at once. Nothing is verified here: the bytes go
 //! through the same `ObjectStream` checks (SHA-256 against the key, size against the listing) as a direct
-//! read, and a fetch that failed in transit is read again directly (`object::with_retries`).
+//! read. A body cut off in transit is resumed with a ranged GET from where it broke (objects are immutable and
+//! the SHA-256 covers the stitched bytes); a fetch that still fails is read again directly
+//! (`object::with_retries`).
 
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Duration;
 
 use crate::storage::{Storage, StorageError};
 
@@ -18,6 +21,9 @@ use crate::storage::{Storage, StorageError};
 const CHUNK: usize = 256 * 1024;
 /// Chunks a fetch reads ahead of its consumer (1 MiB per fetch).
 const CHUNKS_QUEUED: usize = 4;
+/// Times a body cut off in transit is resumed (a ranged GET from where it broke) before the reader sees the
+/// failure (and `object::with_retries` reads the whole object again).
+const RESUMES_MAX: u32 = 5;
 
 enum Msg {
     /// The GET was answered: its body follows (or the error that stopped it).
@@ -35,18 +41,19 @@ pub struct Fetch<'scope> {
 }
 
 impl<'scope> Fetch<'scope> {
-    /// Starts reading `key` from `storage` on a thread of `scope`.
+    /// Starts reading `key` (`size` bytes, from the listing) from `storage` on a thread of `scope`.
     pub fn start<'env>(
         scope: &'scope Scope<'scope, 'env>,
         storage: &'env dyn Storage,
         key: &str,
+        size: u64,
     ) -> io::Result<Fetch<'scope>> {
         let (tx, rx) = sync_channel(CHUNKS_QUEUED);
         let key = key.to_string();
         let thread = std::thread::Builder::new()
             .name("walrust-fetch".into())
             .stack_size(256 * 1024)
-            .spawn_scoped(scope, move || fetch(storage, &key, &tx))?;
+            .spawn_scoped(scope, move || fetch(storage, &key, size, &tx))?;
         Ok(Fetch { rx, _thread: thread })
     }
 
@@ -60,7 +67,7 @@ impl<'scope> Fetch<'scope> {
     }
 }
 
-fn fetch(storage: &dyn Storage, key: &str, tx: &SyncSender<Msg>) {
+fn fetch(storage: &dyn Storage, key: &str, size: u64, tx: &SyncSender<Msg>) {
     let mut body = match storage.get(key) {
         Ok(b) => b,
         Err(e) => {
@@ -71,37 +78,56 @@ fn fetch(storage: &dyn Storage, key: &str, tx: &SyncSender<Msg>) {
     if tx.send(Msg::Opened(Ok(()))).is_err() {
         return;
     }
+    let mut got = 0u64; // bytes of the object received so far (sent, or in `chunk`)
+    let mut resumes = 0u32;
+    let mut chunk = vec![0u8; CHUNK];
+    let mut filled = 0;
     loop {
-        let mut chunk = vec![0u8; CHUNK];
-        let mut filled = 0;
-        // Fill the chunk (a body read returns what the socket has), so that the queue bounds bytes, not reads.
-        let end = loop {
-            match body.read(&mut chunk[filled..]) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    filled += n;
-                    if filled == CHUNK {
-                        break false;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if filled > 0 {
-                        chunk.truncate(filled);
-                        let _ = tx.send(Msg::Data(chunk));
-                    }
-                    let _ = tx.send(Msg::Failed(e));
+        let cut = match body.read(&mut chunk[filled..]) {
+            Ok(0) if got >= size => {
+                chunk.truncate(filled);
+                if filled > 0 && tx.send(Msg::Data(chunk)).is_err() {
                     return;
                 }
+                let _ = tx.send(Msg::End);
+                return;
             }
+            Ok(0) => {
+                io::Error::new(io::ErrorKind::UnexpectedEof, format!("the body ended after {got} of {size} bytes"))
+            }
+            Ok(n) => {
+                filled += n;
+                got += n as u64;
+                if filled == CHUNK {
+                    if tx.send(Msg::Data(std::mem::replace(&mut chunk, vec![0u8; CHUNK]))).is_err() {
+                        return; // the consumer is gone
+                    }
+                    filled = 0;
+                }
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => e,
         };
-        chunk.truncate(filled);
-        if filled > 0 && tx.send(Msg::Data(chunk)).is_err() {
-            return; // the consumer is gone
-        }
-        if end {
-            let _ = tx.send(Msg::End);
-            return;
+        // Cut off in transit: the object is immutable, so the rest is asked for from where it broke (its
+        // SHA-256, checked by the reader, covers the stitched body). After RESUMES_MAX the reader sees the error.
+        let resumed = if resumes < RESUMES_MAX {
+            resumes += 1;
+            std::thread::sleep(Duration::from_millis(100 << resumes.min(5)));
+            storage.get_range(key, got, size - got).ok()
+        } else {
+            None
+        };
+        match resumed {
+            Some(b) => body = b,
+            None => {
+                chunk.truncate(filled);
+                if filled > 0 {
+                    let _ = tx.send(Msg::Data(chunk));
+                }
+                let _ = tx.send(Msg::Failed(cut));
+                return;
+            }
         }
     }
 }
@@ -158,7 +184,7 @@ mod tests {
         let data: Vec<u8> = (0..(CHUNK * 5 + 1234)).map(|i| (i * 7 % 251) as u8).collect();
         storage.put("a/obj", &mut &data[..]).unwrap();
         std::thread::scope(|s| {
-            let f = Fetch::start(s, &storage, "a/obj").unwrap();
+            let f = Fetch::start(s, &storage, "a/obj", data.len() as u64).unwrap();
             let mut got = Vec::new();
             let mut body = f.open().unwrap();
             let mut small = [0u8; 1000];
@@ -170,13 +196,91 @@ mod tests {
                 got.extend_from_slice(&small[..n]);
             }
             assert_eq!(got, data);
-            let missing = Fetch::start(s, &storage, "a/none").unwrap();
+            let missing = Fetch::start(s, &storage, "a/none", 10).unwrap();
             assert!(matches!(missing.open(), Err(StorageError::NotFound { .. })));
             // A consumer that stops early does not block the thread (the scope ends).
-            let f = Fetch::start(s, &storage, "a/obj").unwrap();
+            let f = Fetch::start(s, &storage, "a/obj", data.len() as u64).unwrap();
             let mut body = f.open().unwrap();
             assert!(body.read(&mut small).unwrap() > 0);
         });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A storage whose bodies break after `cut` bytes (every GET, ranged or not).
+    #[derive(Debug)]
+    struct Cutting {
+        inner: LocalStorage,
+        cut: usize,
+        gets: std::sync::atomic::AtomicUsize,
+    }
+
+    struct CutReader(std::io::Take<crate::storage::ObjectReader>);
+
+    impl Read for CutReader {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buf)? {
+                0 if self.0.limit() == 0 => Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut")),
+                n => Ok(n),
+            }
+        }
+    }
+
+    impl Storage for Cutting {
+        fn put(&self, key: &str, body: &mut dyn Read) -> crate::storage::Result<()> {
+            self.inner.put(key, body)
+        }
+        fn put_if_absent(&self, key: &str, body: &mut dyn Read) -> crate::storage::Result<crate::storage::PutOutcome> {
+            self.inner.put_if_absent(key, body)
+        }
+        fn get(&self, key: &str) -> crate::storage::Result<crate::storage::ObjectReader> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Box::new(CutReader(self.inner.get(key)?.take(self.cut as u64))))
+        }
+        fn get_range(&self, key: &str, offset: u64, len: u64) -> crate::storage::Result<crate::storage::ObjectReader> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Box::new(CutReader(self.inner.get_range(key, offset, len)?.take(self.cut as u64))))
+        }
+        fn list_page(
+            &self,
+            prefix: &str,
+            start_after: Option<&str>,
+            delimiter: bool,
+            token: Option<&str>,
+        ) -> crate::storage::Result<crate::storage::ListPage> {
+            self.inner.list_page(prefix, start_after, delimiter, token)
+        }
+        fn delete_many(&self, keys: &[String]) -> crate::storage::Result<()> {
+            self.inner.delete_many(keys)
+        }
+        fn describe(&self) -> String {
+            "cutting".into()
+        }
+    }
+
+    #[test]
+    fn a_body_cut_off_in_transit_is_resumed_from_where_it_broke_and_fails_after_too_many_cuts() {
+        let dir = std::env::temp_dir().join(format!("walrust-prefetch-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        let inner = LocalStorage::open(&dir, true).unwrap();
+        inner.put("o", &mut &data[..]).unwrap();
+        let read_all = |cut: usize| {
+            let storage = Cutting { inner: LocalStorage::open(&dir, true).unwrap(), cut, gets: Default::default() };
+            let r = std::thread::scope(|s| {
+                let mut body = Fetch::start(s, &storage, "o", data.len() as u64).unwrap().open().unwrap();
+                let mut got = Vec::new();
+                body.read_to_end(&mut got).map(|_| got)
+            });
+            (r, storage.gets.load(std::sync::atomic::Ordering::SeqCst))
+        };
+        // Cut every 300 000 bytes: three resumes, the exact bytes.
+        let (got, gets) = read_all(300_000);
+        assert_eq!(got.unwrap(), data);
+        assert_eq!(gets, 4);
+        // Cut every 100 000 bytes: more cuts than resumes allowed; the reader sees the failure.
+        let (got, gets) = read_all(100_000);
+        assert!(got.is_err());
+        assert_eq!(gets, 1 + RESUMES_MAX as usize);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

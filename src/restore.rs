@@ -321,7 +321,7 @@ pub fn apply_with_progress(
             // thread) is simply read directly.
             while ahead.len() < READ_AHEAD && i + ahead.len() < plan.objects.len() {
                 let next = &plan.objects[i + ahead.len()];
-                ahead.push_back(Fetch::start(scope, storage, &next.key_str).ok());
+                ahead.push_back(Fetch::start(scope, storage, &next.key_str, next.size).ok());
             }
             let mut fetched = ahead.pop_front().flatten();
             // An object whose read fails in transit is read again from its start, directly (it is immutable,
