@@ -101,6 +101,8 @@ pub mod stack;
 #[doc(hidden)]
 pub mod state;
 pub mod storage;
+#[doc(hidden)]
+pub mod uploads;
 pub mod verify;
 #[doc(hidden)]
 pub mod wal;

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::hadbp::{self, Header};
 use crate::keys::{Kind, ObjectKey};
-use crate::storage::{PutOutcome, Storage};
+use crate::storage::{PutOutcome, Storage, StorageRef};
 
 /// Bytes kept in memory for the single-pass upload; larger objects take the two-pass streaming path.
 pub const INLINE_OBJECT_BYTES_MAX: usize = 16 * 1024 * 1024;
@@ -152,13 +152,32 @@ impl Prepared {
             Some(buf) => storage.put_if_absent(&self.key_str, &mut &buf[..])?,
             None => upload_streaming(storage, &self.key_str, &self.key.sha256, header, records)?,
         };
-        Ok(Uploaded {
+        Ok(self.uploaded(outcome))
+    }
+
+    /// [`Prepared::put`] for a database's loop: an object kept in memory is sent by the process's upload
+    /// workers (`crate::uploads`) while this thread waits; a large one streams from this thread as in `put`.
+    pub fn put_shared(
+        mut self,
+        storage: &StorageRef,
+        header: &Header,
+        records: &mut RecordSource<'_>,
+    ) -> Result<Uploaded> {
+        let Some(buf) = self.inline.take() else { return self.put(storage.as_ref(), header, records) };
+        let (storage, key) = (std::sync::Arc::clone(storage), self.key_str.clone());
+        let outcome = crate::uploads::run(move || storage.put_if_absent(&key, &mut &buf[..]))
+            .ok_or_else(|| Error::Other(format!("uploading {}: the upload worker failed", self.key_str)))??;
+        Ok(self.uploaded(outcome))
+    }
+
+    fn uploaded(&self, outcome: PutOutcome) -> Uploaded {
+        Uploaded {
             key: self.key.clone(),
             key_str: self.key_str.clone(),
             checksum: self.checksum,
             bytes: self.bytes,
             created: outcome == PutOutcome::Created,
-        })
+        }
     }
 }
 

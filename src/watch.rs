@@ -534,7 +534,7 @@ impl Watcher {
                 self.opts.name
             )));
         }
-        let uploaded = prepared.put(self.storage.as_ref(), &header, src)?;
+        let uploaded = prepared.put_shared(&self.storage, &header, src)?;
         self.stats.snapshots += 1;
         self.stats.bytes_uploaded += uploaded.bytes;
         self.last_upload = Some(Instant::now());
@@ -810,7 +810,7 @@ impl Watcher {
         let prepared = object::prepare(&self.opts.name, meta, &header, &mut records)?;
         let pos = WalPosition::new(h, &batch.end);
         self.save_state(Some(Pending { key: prepared.key_str.clone(), seq, chain: prepared.checksum, wal: pos }))?;
-        let uploaded = prepared.put(self.storage.as_ref(), &header, &mut records)?;
+        let uploaded = prepared.put_shared(&self.storage, &header, &mut records)?;
         // Acknowledged: advance.
         self.inflight = None;
         self.seq = seq;
