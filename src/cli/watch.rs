@@ -227,6 +227,7 @@ impl Discovery {
             targets.extend(self.cli_dbs.iter().map(|d| (d.clone(), self.cli_name.clone(), config::Sync::default())));
         }
         let mut jobs = Vec::new();
+        let mut names = std::collections::HashSet::new();
         for (db, db_name, db_sync) in &targets {
             let n = match db_name {
                 Some(n) => n.clone(),
@@ -236,7 +237,7 @@ impl Discovery {
             if !keys::valid_name(&n) {
                 return Err(Error::Usage(format!("invalid name '{n}' (letters, digits, '.', '_', '-')")));
             }
-            if jobs.iter().any(|(_, o): &(PathBuf, WatchOptions)| o.name == n) {
+            if !names.insert(n.clone()) {
                 return Err(Error::Usage(format!("two databases would be stored under the name '{n}'")));
             }
             // Flags override the database's own settings, which override [sync], which override the defaults.
@@ -466,7 +467,7 @@ fn watch(r: Resolved) -> Result<i32> {
             }
         }
         // New files matching a glob (or entries added to the config).
-        let names: Vec<String> = replicator.databases().into_iter().map(|(_, n)| n).collect();
+        let names: std::collections::HashSet<String> = replicator.databases().into_iter().map(|(_, n)| n).collect();
         for (path, opts) in jobs {
             if replicator.contains(&path) || given_up.get(&path).is_some_and(|t| t.elapsed() < RETRY_FAILED) {
                 continue;
