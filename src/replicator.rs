@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,6 +40,10 @@ pub struct Replicator {
     /// Bounds how many databases added with [`Replicator::add_background`] begin (read their remote head, ship
     /// their backlog or a first snapshot) at once.
     begin_gate: Arc<Semaphore>,
+    /// Threads that have ended (each counts itself on the way out) and ended threads joined so far: while they
+    /// are equal `reap` has nothing to look for (the CLI's supervisor calls it ten times a second).
+    ended: Arc<AtomicU64>,
+    joined: AtomicU64,
 }
 
 /// How many databases begin at once (see [`Replicator::add_background`]).
@@ -85,6 +89,8 @@ impl Replicator {
             webhooks: None,
             running: Mutex::new(BTreeMap::new()),
             begin_gate: Arc::new(Semaphore::new(CONCURRENT_BEGINS)),
+            ended: Arc::new(AtomicU64::new(0)),
+            joined: AtomicU64::new(0),
         }
     }
 
@@ -209,19 +215,20 @@ impl Replicator {
         let name = w.name().to_string();
         let path = w.db_path().to_path_buf();
         let thread_stop = Arc::clone(&stop);
-        let (thread_flusher, thread_path) = (Arc::clone(&flusher), path.clone());
+        let (thread_flusher, thread_path, ended) = (Arc::clone(&flusher), path.clone(), Arc::clone(&self.ended));
         let handle = std::thread::Builder::new()
             .name(format!("walrust-db-{name}"))
             .stack_size(256 * 1024)
             .spawn(move || {
-                let mut w = match first(w, &thread_stop) {
-                    Ok(w) => w,
+                let r = match first(w, &thread_stop) {
+                    Ok(mut w) => w.run(&thread_stop).map_err(|e| e.context(w.db_path().display())),
                     Err(e) => {
                         thread_flusher.stopped(Some(e.to_string()));
-                        return Err(e.context(thread_path.display()));
+                        Err(e.context(thread_path.display()))
                     }
                 };
-                w.run(&thread_stop).map_err(|e| e.context(w.db_path().display()))
+                ended.fetch_add(1, Ordering::SeqCst);
+                r
             })
             .map_err(|e| Error::io("starting a replication thread", e))?;
         self.lock().insert(path, Running { name, stop, flusher, handle, _notify: notify });
@@ -233,7 +240,9 @@ impl Replicator {
         let r = self.lock().remove(db.as_ref())?;
         r.stop.store(true, Ordering::Relaxed);
         r.flusher.wake();
-        Some(join(r))
+        let result = join(r);
+        self.joined.fetch_add(1, Ordering::SeqCst);
+        Some(result)
     }
 
     /// Ships everything `db` has committed so far, ignoring the upload interval, and waits until it is in
@@ -269,12 +278,16 @@ impl Replicator {
     /// Collects the databases whose loop ended on its own (an error, or the file was deleted or replaced);
     /// they are no longer replicated and can be added again.
     pub fn reap(&self) -> Vec<Ended> {
+        if self.ended.load(Ordering::SeqCst) == self.joined.load(Ordering::SeqCst) {
+            return Vec::new(); // no thread ended since the last look
+        }
         let ended: Vec<(PathBuf, Running)> = {
             let mut running = self.lock();
             let paths: Vec<PathBuf> =
                 running.iter().filter(|(_, r)| r.handle.is_finished()).map(|(p, _)| p.clone()).collect();
             paths.into_iter().filter_map(|p| running.remove(&p).map(|r| (p, r))).collect()
         };
+        self.joined.fetch_add(ended.len() as u64, Ordering::SeqCst);
         ended.into_iter().map(|(path, r)| Ended { path, name: r.name.clone(), result: join(r) }).collect()
     }
 

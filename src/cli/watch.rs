@@ -1,6 +1,6 @@
 //! `walrust watch`: replicate databases continuously until SIGTERM/SIGINT.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -254,8 +254,26 @@ impl Discovery {
     }
 }
 
-/// How often `[[databases]]` globs are expanded again to pick up new files.
+/// How often the directories of `[[databases]]` entries are checked for new or removed files (a stat each); they
+/// are listed again (globs expanded) only when one changed, and at least every RESCAN_INTERVAL.
 const DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+const RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The modification times of the directories holding the config's databases (globs are in file names only):
+/// a file created, deleted or renamed there changes its directory's.
+fn dir_stamps(cfg: &config::Config) -> Vec<Option<(i64, i64)>> {
+    use std::os::unix::fs::MetadataExt;
+    cfg.databases
+        .iter()
+        .map(|d| {
+            let dir = match Path::new(&d.path).parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            std::fs::metadata(dir).ok().map(|m| (m.mtime(), m.mtime_nsec()))
+        })
+        .collect()
+}
 
 /// A database that could not start (not WAL yet, fenced, storage refusing) is tried again after this long.
 const RETRY_FAILED: std::time::Duration = std::time::Duration::from_secs(30);
@@ -367,6 +385,8 @@ fn watch(r: Resolved) -> Result<i32> {
     let mut cfg = config;
     let mut first_err: Option<Error> = None;
     let mut last_discovery = std::time::Instant::now();
+    let mut last_rescan = std::time::Instant::now();
+    let mut stamps = dir_stamps(&cfg);
     let mut child_status: Option<i32> = None;
     loop {
         if let Some(c) = &mut child {
@@ -430,6 +450,14 @@ fn watch(r: Resolved) -> Result<i32> {
             continue;
         }
         last_discovery = std::time::Instant::now();
+        // Nothing was added to or removed from the databases' directories: no need to list them (a thousand
+        // databases listed every 2 s was most of an idle watch's CPU).
+        let now_stamps = if fixed { Vec::new() } else { dir_stamps(&cfg) };
+        if !fixed && !reloading && now_stamps == stamps && last_rescan.elapsed() < RESCAN_INTERVAL {
+            continue;
+        }
+        stamps = now_stamps;
+        last_rescan = std::time::Instant::now();
         if reloading {
             match config_file.as_deref().map(config::load) {
                 Some(Ok(c)) => {
