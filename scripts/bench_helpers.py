@@ -979,8 +979,8 @@ def bench_restore(ctx):
     w, l, lf = res[("walrust", "latest")], res[("litestream", "latest")], res[("litestream",
                                                                                "latest, -integrity-check full")]
     wp, lp = res[("walrust", "point in time")], res[("litestream", "point in time")]
-    note = (f"{size:.0f} MiB database + {k} changesets; walrust {w[3]}, litestream {l[3]}; walrust always runs "
-            f"PRAGMA integrity_check, Litestream by default does not")
+    note = (f"{size:.0f} MiB database + {k} commits after its snapshot; walrust {w[3]}, litestream {l[3]}; "
+            f"walrust always runs PRAGMA integrity_check, Litestream by default does not")
     add("restore", f"latest: time ({size:.0f} MiB)", w[0], l[0], "s", "low", note)
     add("restore", "latest: time, Litestream with -integrity-check full", w[0], lf[0], "s", "low", lf[3])
     add("restore", "latest: speed", size / w[0], size / l[0], "MiB/s", "high")

@@ -10,14 +10,14 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use support::*;
 
 /// Runs walrust with extra environment variables.
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(walrust_bin());
+    let mut c = command(walrust_bin());
     c.args(args);
     for (k, v) in env {
         c.env(k, v);

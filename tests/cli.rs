@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{app, restore_ok, rows, temp_dir, walrust, walrust_bin, Backend};
+use support::{app, command, restore_ok, rows, temp_dir, walrust, walrust_bin, Backend};
 
 /// A small application for `--exec`: `app.py DB MODE`. MODE `exit3` commits 50 rows and exits with status 3;
 /// `until-term` commits a row every 20 ms until SIGTERM, then commits 'bye' and exits 0.
@@ -40,7 +40,7 @@ fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 
 fn watch_exec(db: &Path, b: &Backend, exec: &str, log: &Path) -> std::process::Child {
     let log = std::fs::File::create(log).unwrap();
-    Command::new(walrust_bin())
+    command(walrust_bin())
         .arg("watch")
         .arg(db)
         .args(b.args())
@@ -204,7 +204,7 @@ fn restore_progress_on_a_terminal_only() {
     // Not a terminal (a pipe, a log file): no progress line, the one-line summary only.
     let out3 = dir.join("r3.db");
     let a = restore(out3.to_str().unwrap(), &[]);
-    let o = Command::new(walrust_bin()).args(&a).envs(now).output().unwrap();
+    let o = command(walrust_bin()).args(&a).envs(now).output().unwrap();
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("restoring big: ") && !err.contains('\r'), "{err}");

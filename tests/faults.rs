@@ -341,7 +341,7 @@ fn a_database_that_could_not_start_is_shipped_by_the_drain_or_the_exit_says_so()
     };
     let spawn = |log: &Path| {
         let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        std::process::Command::new(walrust_bin())
+        command(walrust_bin())
             .args(["watch", "--config", cfg.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(f)

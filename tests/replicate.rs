@@ -9,7 +9,7 @@ mod support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -463,7 +463,7 @@ fn good_len(s: &StorageRef, key: &str) -> usize {
 
 fn spawn_replicate(b: &Backend, local: &Path, interval: &str, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(walrust_bin())
+    command(walrust_bin())
         .args(["replicate", "app"])
         .args(b.args())
         .arg("--local")
@@ -725,7 +725,7 @@ fn a_config_file_runs_several_replicas_in_one_process(dir: &Path, b: &Backend) {
     let log = dir.join("replicate.log");
     let logf = std::fs::File::create(&log).unwrap();
     let mut p = Proc(Some(
-        Command::new(walrust_bin())
+        command(walrust_bin())
             .args(["replicate", "--config"])
             .arg(&cfg)
             .stdout(Stdio::null())
@@ -766,7 +766,7 @@ fn a_config_file_runs_several_replicas_in_one_process(dir: &Path, b: &Backend) {
         args.extend(["--endpoint".to_string(), e.clone()]);
     }
     let logf = std::fs::File::create(&log).unwrap();
-    let mut p = Proc(Some(Command::new(walrust_bin()).args(&args).stdout(Stdio::null()).stderr(logf).spawn().unwrap()));
+    let mut p = Proc(Some(command(walrust_bin()).args(&args).stdout(Stdio::null()).stderr(logf).spawn().unwrap()));
     wait_for("the replica by URL", 30, || replica_at(&local).is_some());
     assert_eq!(rows(&local), rows(&dbs[0].1));
     assert_eq!(p.stop(), 0, "{}", log_text(&log));

@@ -440,7 +440,7 @@ fn sigkill_during_compact_leaves_a_verifiable_bucket() {
     let mut interrupted = 0;
     for delay_ms in [40u64, 80, 120, 200, 300] {
         let before = b.keys("app").len();
-        let child = std::process::Command::new(walrust_bin())
+        let child = command(walrust_bin())
             .args([&["compact", "app"][..], &policy, &bargs].concat())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -493,7 +493,7 @@ fn config_file_with_globs_and_per_database_overrides() {
     .unwrap();
     let log = dir.join("watch.log");
     let logf = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new(walrust_bin())
+    let child = command(walrust_bin())
         .args(["watch", "--config", cfg.to_str().unwrap(), "--check-interval", "10ms"])
         .stderr(logf)
         .spawn()
@@ -568,7 +568,7 @@ fn explain_shows_the_resolved_plan_without_secrets_or_requests() {
     )
     .unwrap();
     let run = |extra: &[&str]| {
-        std::process::Command::new(walrust_bin())
+        command(walrust_bin())
             .args([&["explain", "--config", cfg.to_str().unwrap()][..], extra].concat())
             .env("AWS_ACCESS_KEY_ID", "AKIAEXPLAINTEST")
             .env("AWS_SECRET_ACCESS_KEY", "super-secret-value")
@@ -616,7 +616,7 @@ fn metrics_health_and_one_failing_database_does_not_stall_the_other() {
     let backend = Backend::file(&dir);
     let log = dir.join("watch.log");
     let logf = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new(walrust_bin())
+    let child = command(walrust_bin())
         .args(["watch", a.to_str().unwrap(), bdb.to_str().unwrap(), "--metrics-addr", "127.0.0.1:0"])
         .args(backend.args())
         .args(["--interval", "50ms", "--check-interval", "20ms"])
@@ -703,11 +703,7 @@ fn globs_pick_up_new_files_and_sighup_reloads_the_config() {
     std::fs::write(&cfg, format!("{head}{glob}")).unwrap();
     let log = dir.join("watch.log");
     let logf = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new(walrust_bin())
-        .args(["watch", "--config", cfg.to_str().unwrap()])
-        .stderr(logf)
-        .spawn()
-        .unwrap();
+    let child = command(walrust_bin()).args(["watch", "--config", cfg.to_str().unwrap()]).stderr(logf).spawn().unwrap();
     let wait_for = |needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !log_text(&log).contains(needle) {
@@ -793,7 +789,7 @@ fn a_stopped_database_sends_a_signed_webhook() {
     let (url, events) = webhook_receiver();
     let backend = Backend::file(&dir);
     let log = dir.join("watch.log");
-    let child = std::process::Command::new(walrust_bin())
+    let child = command(walrust_bin())
         .args(["watch", a.to_str().unwrap(), bdb.to_str().unwrap(), "--webhook-url", &url])
         .args(backend.args())
         .args(["--interval", "50ms", "--check-interval", "20ms"])
@@ -854,7 +850,7 @@ fn wal_threshold_and_fencing_send_webhooks() {
     let (url, events) = webhook_receiver();
     let backend = Backend::file(&dir);
     let log = dir.join("watch.log");
-    let child = std::process::Command::new(walrust_bin())
+    let child = command(walrust_bin())
         .args(["watch", db.to_str().unwrap(), "--webhook-url", &url, "--wal-warn-size", "64KiB"])
         .args(backend.args())
         .args(["--interval", "50ms", "--check-interval", "20ms", "--snapshot-interval", "1s"])
@@ -908,7 +904,7 @@ fn failing_uploads_send_a_webhook_then_catch_up() {
         Backend { url: format!("s3://{}/{}/", env.bucket, unique("failing")), endpoint: Some(proxy.endpoint()) };
     let direct = Backend { url: through_proxy.url.clone(), endpoint: Some(env.endpoint.clone()) };
     let log = dir.join("watch.log");
-    let child = std::process::Command::new(walrust_bin())
+    let child = command(walrust_bin())
         .args(["watch", db.to_str().unwrap(), "--webhook-url", &url])
         .args(through_proxy.args())
         .args(["--interval", "50ms", "--check-interval", "20ms"])

@@ -97,15 +97,34 @@ pub fn walrust_bin() -> &'static str {
     env!("CARGO_BIN_EXE_walrust")
 }
 
+/// `Command::new(program)` whose process is killed (SIGKILL) when the thread that started it ends: a test that
+/// fails (panics) leaves no `walrust watch` or writer behind, still running and writing (Linux PR_SET_PDEATHSIG;
+/// every test here starts its processes from its own thread, which ends with the test).
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(program);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    c
+}
+
 /// Runs `walrust ARGS...` to completion.
 pub fn walrust(args: &[&str]) -> Output {
-    Command::new(walrust_bin()).args(args).output().unwrap()
+    command(walrust_bin()).args(args).output().unwrap()
 }
 
 /// `walrust watch DB` in the background, logging to `log`.
 pub fn spawn_watch(db: &Path, backend: &Backend, extra: &[&str], log: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(walrust_bin())
+    command(walrust_bin())
         .arg("watch")
         .arg(db)
         .args(backend.args())
@@ -153,7 +172,7 @@ pub fn workload(db: &Path, args: &[&str]) -> Output {
 }
 
 pub fn spawn_workload(db: &Path, args: &[&str]) -> Child {
-    Command::new("python3")
+    command("python3")
         .arg(workload_py())
         .arg("write")
         .arg(db)
