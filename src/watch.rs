@@ -327,6 +327,11 @@ impl Watcher {
         // An upload that was in flight when we stopped may have landed.
         if let Some(p) = state.pending.take() {
             if p.key == head.last.key_str {
+                // A changeset of our generation, or the base snapshot of a new one (see try_new_generation).
+                state.generation = head.last.key.generation;
+                if head.last.key.kind == Kind::Base {
+                    state.last_snapshot_ms = head.last.key.commit_ms;
+                }
                 state.seq = p.seq;
                 state.chain = p.chain;
                 state.head_key = p.key;
@@ -415,14 +420,14 @@ impl Watcher {
     fn try_new_generation(&mut self, after: Option<&remote::Head>) -> Result<()> {
         let prev_gen = after.map(|h| h.generations.iter().copied().max().unwrap_or(0)).unwrap_or(0);
         let time_gen = now_ms() << 16 | (crate::storage::retry::jitter(0xffff));
-        self.generation = time_gen.max(prev_gen.saturating_add(1));
-        self.seq = after.map(|h| h.max_seq() + 1).unwrap_or(1);
-        self.chain = 0;
+        let generation = time_gen.max(prev_gen.saturating_add(1));
+        let seq = after.map(|h| h.max_seq() + 1).unwrap_or(1);
         self.pins.advance()?;
         let header = self.read_header()?;
         let snap = self.build_overlay(header.as_ref())?;
         let commit_ms = now_ms();
-        let uploaded = self.upload_snapshot(&snap, Kind::Base, commit_ms)?;
+        let uploaded = self.upload_snapshot(&snap, Kind::Base, commit_ms, (generation, seq))?;
+        (self.generation, self.seq) = (generation, seq);
         self.cycle = header;
         self.cursor = snap.end;
         self.chain = uploaded.checksum;
@@ -480,7 +485,15 @@ impl Watcher {
         Ok(Overlay { header: header.copied(), pages, end, db_size })
     }
 
-    fn upload_snapshot(&mut self, snap: &Overlay, kind: Kind, commit_ms: u64) -> Result<object::Uploaded> {
+    /// Uploads a snapshot of `snap` as object `(generation, seq)`: a base (new generation) or a mid-generation
+    /// snapshot at the current seq.
+    fn upload_snapshot(
+        &mut self,
+        snap: &Overlay,
+        kind: Kind,
+        commit_ms: u64,
+        (generation, seq): (u64, u64),
+    ) -> Result<object::Uploaded> {
         let flags = match kind {
             Kind::Base => hadbp::FLAG_SNAPSHOT | hadbp::FLAG_BASE,
             _ => hadbp::FLAG_SNAPSHOT,
@@ -490,12 +503,12 @@ impl Watcher {
             flags,
             page_id_size: 4,
             page_size: self.page_size,
-            seq: self.seq,
+            seq,
             prev_checksum: if kind == Kind::Base { 0 } else { self.chain },
             page_count: snap.db_size + 1,
             created_ms: commit_ms,
         };
-        let meta = ObjectMeta { generation: self.generation, seq: self.seq, commit_ms, kind };
+        let meta = ObjectMeta { generation, seq, commit_ms, kind };
         let pins = &self.pins;
         let wal = &self.wal;
         let page_size = self.page_size as usize;
@@ -533,6 +546,18 @@ impl Watcher {
                 "{}: the WAL restarted while the snapshot was read; nothing kept, taking it again",
                 self.opts.name
             )));
+        }
+        if kind == Kind::Base {
+            // Killed after the base lands but before the state says so, the next start must recognise the new
+            // generation as ours (decide_start adopts a pending key that is the remote head) rather than refuse
+            // it as another writer's. Recorded under the identity the state had so far: if the upload does not
+            // land, the old head is still the remote head.
+            let wal = match &snap.header {
+                Some(h) => WalPosition::new(h, &snap.end),
+                // No WAL: no position; an adopted start then finds nothing to resume from and begins again.
+                None => WalPosition { salt1: 0, salt2: 0, ckpt_seq: 0, frames: 0, checksum0: 0, checksum1: 0 },
+            };
+            self.save_state(Some(Pending { key: prepared.key_str.clone(), seq, chain: prepared.checksum, wal }))?;
         }
         let uploaded = prepared.put_shared(&self.storage, &header, src)?;
         self.stats.snapshots += 1;
@@ -930,7 +955,7 @@ impl Watcher {
             )));
         }
         let commit_ms = now_ms();
-        self.upload_snapshot(&snap, Kind::Snapshot, commit_ms)?;
+        self.upload_snapshot(&snap, Kind::Snapshot, commit_ms, (self.generation, self.seq))?;
         self.last_snapshot_ms = commit_ms;
         self.changed_since_snapshot = false;
         self.save_state(None)

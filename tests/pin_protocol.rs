@@ -172,6 +172,60 @@ fn wal_restart_while_down_starts_a_new_generation() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// walrust killed after a new generation's base snapshot landed but before its state file said so: the next
+/// start must take that generation as its own (the state recorded the base as pending before uploading it), not
+/// refuse it as another writer's (exit 5: what the CI soak hit) nor continue the old generation's chain.
+#[test]
+fn a_base_snapshot_that_landed_before_a_kill_is_adopted() {
+    use walrust::state::{state_path, LocalState, Pending};
+    let dir = temp_dir("base-pending");
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
+    {
+        let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
+        w.tick(true).unwrap();
+        w.shutdown().unwrap();
+    }
+    let before = LocalState::load(&state_path(&db)).unwrap().unwrap();
+    // While walrust is down the WAL restarts: the next start begins generation B with a base snapshot.
+    a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
+    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    a.execute("INSERT INTO t(v) VALUES ('three')", []).unwrap();
+    let b = {
+        let w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        assert_eq!(w.stats.generations_started, 1);
+        w.generation()
+    };
+    let after = LocalState::load(&state_path(&db)).unwrap().unwrap();
+    assert_eq!(after.generation, b);
+    assert_ne!(before.generation, b);
+    // The state file as the kill left it: generation A's identity, generation B's base pending.
+    let crashed = LocalState {
+        pending: Some(Pending {
+            key: after.head_key.clone(),
+            seq: after.seq,
+            chain: after.chain,
+            wal: after.wal.unwrap(),
+        }),
+        ..before
+    };
+    crashed.save(&state_path(&db)).unwrap();
+    let mut w = Watcher::start(&db, storage.clone(), opts()).expect("the landed base is ours, not another writer's");
+    assert_eq!(w.stats.generations_started, 0, "resumed generation B");
+    assert_eq!(w.generation(), b);
+    a.execute("INSERT INTO t(v) VALUES ('four')", []).unwrap();
+    w.tick(true).unwrap();
+    drop(w);
+    let out = dir.join("out.db");
+    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
+    restore(storage.as_ref(), "app", &opts).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Leaves the WAL as a writer killed between writing its transaction's frames and publishing them in the
 /// wal-index does: frames that are valid in the file (salts, checksum chain, a commit frame) but not committed.
 /// They are made by a second process on a copy of the database (so that nothing in this process opens or
