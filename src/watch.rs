@@ -557,7 +557,19 @@ impl Watcher {
                 // No WAL: no position; an adopted start then finds nothing to resume from and begins again.
                 None => WalPosition { salt1: 0, salt2: 0, ckpt_seq: 0, frames: 0, checksum0: 0, checksum1: 0 },
             };
-            self.save_state(Some(Pending { key: prepared.key_str.clone(), seq, chain: prepared.checksum, wal }))?;
+            let pending = Pending { key: prepared.key_str.clone(), seq, chain: prepared.checksum, wal };
+            // The identity is the one on disk (at startup this watcher's own fields are still blank), so that a
+            // base that does not land leaves the previous head recognisable.
+            let location = self.storage.describe();
+            match LocalState::load(&self.state_path)?.filter(|s| {
+                s.name == self.opts.name && s.location == location && s.page_size == self.page_size
+            }) {
+                Some(mut on_disk) => {
+                    on_disk.pending = Some(pending);
+                    on_disk.save(&self.state_path)?;
+                }
+                None => self.save_state(Some(pending))?,
+            }
         }
         let uploaded = prepared.put_shared(&self.storage, &header, src)?;
         self.stats.snapshots += 1;
