@@ -226,6 +226,93 @@ fn a_base_snapshot_that_landed_before_a_kill_is_adopted() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A storage that refuses every write while `refuse` is set (as if walrust were killed before its upload landed).
+#[derive(Debug)]
+struct Refusing {
+    inner: LocalStorage,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl walrust::storage::Storage for Refusing {
+    fn put(&self, key: &str, body: &mut dyn std::io::Read) -> walrust::storage::Result<()> {
+        self.check()?;
+        self.inner.put(key, body)
+    }
+    fn put_if_absent(
+        &self,
+        key: &str,
+        body: &mut dyn std::io::Read,
+    ) -> walrust::storage::Result<walrust::storage::PutOutcome> {
+        self.check()?;
+        self.inner.put_if_absent(key, body)
+    }
+    fn get(&self, key: &str) -> walrust::storage::Result<walrust::storage::ObjectReader> {
+        self.inner.get(key)
+    }
+    fn get_range(&self, key: &str, offset: u64, len: u64) -> walrust::storage::Result<walrust::storage::ObjectReader> {
+        self.inner.get_range(key, offset, len)
+    }
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        delimiter: bool,
+        token: Option<&str>,
+    ) -> walrust::storage::Result<walrust::storage::ListPage> {
+        self.inner.list_page(prefix, start_after, delimiter, token)
+    }
+    fn delete_many(&self, keys: &[String]) -> walrust::storage::Result<()> {
+        self.inner.delete_many(keys)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+impl Refusing {
+    fn check(&self) -> walrust::storage::Result<()> {
+        match self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            true => Err(walrust::storage::StorageError::Auth { code: "AccessDenied".into(), message: String::new() }),
+            false => Ok(()),
+        }
+    }
+}
+
+/// A new generation whose base never lands (refused, or walrust killed first) leaves the state naming the last
+/// acknowledged head: the next start carries on from it instead of refusing the bucket as another writer's.
+#[test]
+fn a_base_snapshot_that_never_landed_leaves_the_previous_head_recognised() {
+    let dir = temp_dir("base-lost");
+    let db = dir.join("app.db");
+    let a = app(&db);
+    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let refusing =
+        Arc::new(Refusing { inner: LocalStorage::open(&dir.join("backup"), true).unwrap(), refuse: false.into() });
+    let storage: StorageRef = refusing.clone();
+    {
+        let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
+        w.tick(true).unwrap();
+        w.shutdown().unwrap();
+    }
+    // While walrust is down the WAL restarts: the next start needs a new generation, whose base is refused.
+    a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
+    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    a.execute("INSERT INTO t(v) VALUES ('three')", []).unwrap();
+    refusing.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(Watcher::start(&db, storage.clone(), opts()).is_err());
+    refusing.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut w = Watcher::start(&db, storage.clone(), opts()).expect("the previous head is still recognised as ours");
+    assert_eq!(w.stats.generations_started, 1);
+    w.tick(true).unwrap();
+    drop(w);
+    let out = dir.join("out.db");
+    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
+    restore(storage.as_ref(), "app", &opts).unwrap();
+    assert_eq!(rows(&out), rows(&db));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Leaves the WAL as a writer killed between writing its transaction's frames and publishing them in the
 /// wal-index does: frames that are valid in the file (salts, checksum chain, a commit frame) but not committed.
 /// They are made by a second process on a copy of the database (so that nothing in this process opens or
