@@ -561,9 +561,9 @@ impl Watcher {
             // The identity is the one on disk (at startup this watcher's own fields are still blank), so that a
             // base that does not land leaves the previous head recognisable.
             let location = self.storage.describe();
-            match LocalState::load(&self.state_path)?.filter(|s| {
-                s.name == self.opts.name && s.location == location && s.page_size == self.page_size
-            }) {
+            match LocalState::load(&self.state_path)?
+                .filter(|s| s.name == self.opts.name && s.location == location && s.page_size == self.page_size)
+            {
                 Some(mut on_disk) => {
                     on_disk.pending = Some(pending);
                     on_disk.save(&self.state_path)?;
