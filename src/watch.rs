@@ -305,8 +305,7 @@ impl Watcher {
 
     fn decide_start(&mut self) -> Result<Start> {
         let location = self.storage.describe();
-        let state = LocalState::load(&self.state_path)?
-            .filter(|s| s.name == self.opts.name && s.location == location && s.page_size == self.page_size);
+        let state = self.load_own_state()?;
         let head = remote::head(self.storage.as_ref(), &self.opts.name)?;
         let Some(head) = head else {
             return Ok(Start::NewGeneration { reason: "no backup yet".into(), after: None });
@@ -560,10 +559,7 @@ impl Watcher {
             let pending = Pending { key: prepared.key_str.clone(), seq, chain: prepared.checksum, wal };
             // The identity is the one on disk (at startup this watcher's own fields are still blank), so that a
             // base that does not land leaves the previous head recognisable.
-            let location = self.storage.describe();
-            match LocalState::load(&self.state_path)?
-                .filter(|s| s.name == self.opts.name && s.location == location && s.page_size == self.page_size)
-            {
+            match self.load_own_state()? {
                 Some(mut on_disk) => {
                     on_disk.pending = Some(pending);
                     on_disk.save(&self.state_path)?;
@@ -971,6 +967,13 @@ impl Watcher {
         self.last_snapshot_ms = commit_ms;
         self.changed_since_snapshot = false;
         self.save_state(None)
+    }
+
+    /// The state file, when it is this database's for this name, storage and page size.
+    fn load_own_state(&self) -> Result<Option<LocalState>> {
+        let location = self.storage.describe();
+        Ok(LocalState::load(&self.state_path)?
+            .filter(|s| s.name == self.opts.name && s.location == location && s.page_size == self.page_size))
     }
 
     fn save_state(&self, pending: Option<Pending>) -> Result<()> {
