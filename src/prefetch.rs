@@ -173,7 +173,7 @@ impl Read for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::local::LocalStorage;
+    use crate::storage::{faulty::Faulty, local::LocalStorage};
 
     #[test]
     fn a_fetched_body_is_the_stored_object_and_a_missing_key_is_not_found() {
@@ -206,57 +206,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A storage whose bodies break after `cut` bytes (every GET, ranged or not).
-    #[derive(Debug)]
-    struct Cutting {
-        inner: LocalStorage,
-        cut: usize,
-        gets: std::sync::atomic::AtomicUsize,
-    }
-
-    struct CutReader(std::io::Take<crate::storage::ObjectReader>);
-
-    impl Read for CutReader {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            match self.0.read(buf)? {
-                0 if self.0.limit() == 0 => Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut")),
-                n => Ok(n),
-            }
-        }
-    }
-
-    impl Storage for Cutting {
-        fn put(&self, key: &str, body: &mut dyn Read) -> crate::storage::Result<()> {
-            self.inner.put(key, body)
-        }
-        fn put_if_absent(&self, key: &str, body: &mut dyn Read) -> crate::storage::Result<crate::storage::PutOutcome> {
-            self.inner.put_if_absent(key, body)
-        }
-        fn get(&self, key: &str) -> crate::storage::Result<crate::storage::ObjectReader> {
-            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(Box::new(CutReader(self.inner.get(key)?.take(self.cut as u64))))
-        }
-        fn get_range(&self, key: &str, offset: u64, len: u64) -> crate::storage::Result<crate::storage::ObjectReader> {
-            self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(Box::new(CutReader(self.inner.get_range(key, offset, len)?.take(self.cut as u64))))
-        }
-        fn list_page(
-            &self,
-            prefix: &str,
-            start_after: Option<&str>,
-            delimiter: bool,
-            token: Option<&str>,
-        ) -> crate::storage::Result<crate::storage::ListPage> {
-            self.inner.list_page(prefix, start_after, delimiter, token)
-        }
-        fn delete_many(&self, keys: &[String]) -> crate::storage::Result<()> {
-            self.inner.delete_many(keys)
-        }
-        fn describe(&self) -> String {
-            "cutting".into()
-        }
-    }
-
     #[test]
     fn a_body_cut_off_in_transit_is_resumed_from_where_it_broke_and_fails_after_too_many_cuts() {
         let dir = std::env::temp_dir().join(format!("walrust-prefetch-cut-{}", std::process::id()));
@@ -264,8 +213,9 @@ mod tests {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
         let inner = LocalStorage::open(&dir, true).unwrap();
         inner.put("o", &mut &data[..]).unwrap();
-        let read_all = |cut: usize| {
-            let storage = Cutting { inner: LocalStorage::open(&dir, true).unwrap(), cut, gets: Default::default() };
+        let read_all = |cut: u64| {
+            let storage = Faulty::new(LocalStorage::open(&dir, true).unwrap());
+            storage.cut_bodies_after.store(cut, std::sync::atomic::Ordering::SeqCst);
             let r = std::thread::scope(|s| {
                 let mut body = Fetch::start(s, &storage, "o", data.len() as u64).unwrap().open().unwrap();
                 let mut got = Vec::new();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rusqlite::Connection;
 use walrust::restore::{restore, RestoreOptions, Target};
-use walrust::storage::{local::LocalStorage, StorageRef};
+use walrust::storage::{faulty::Faulty, local::LocalStorage, StorageRef};
 use walrust::watch::{WatchOptions, Watcher};
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -41,17 +41,58 @@ fn opts() -> WatchOptions {
     o
 }
 
+/// What every test here starts from: a database with table `t` and one row, the application's connection to
+/// it, and a local backup beside it.
+struct Fixture {
+    dir: PathBuf,
+    db: PathBuf,
+    app: Connection,
+    storage: StorageRef,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        Fixture::with_storage(tag, |backup| Arc::new(LocalStorage::open(backup, true).unwrap()))
+    }
+
+    fn with_storage(tag: &str, storage: impl FnOnce(&Path) -> StorageRef) -> Fixture {
+        let dir = temp_dir(tag);
+        let db = dir.join("app.db");
+        let app = app(&db);
+        app.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+        let storage = storage(&dir.join("backup"));
+        Fixture { dir, db, app, storage }
+    }
+
+    fn watcher(&self, opts: WatchOptions) -> Watcher {
+        Watcher::start(&self.db, self.storage.clone(), opts).unwrap()
+    }
+
+    /// The rows of the latest restore from the backup (into its own file, named by `tag`).
+    fn restored(&self, tag: &str) -> Vec<(i64, String)> {
+        let out = self.dir.join(format!("out-{tag}.db"));
+        let o = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
+        restore(self.storage.as_ref(), "app", &o).unwrap();
+        rows(&out)
+    }
+
+    /// The latest restore equals the database; the test's files are removed.
+    fn assert_restores_to_source(self) -> Vec<(i64, String)> {
+        let got = self.restored("final");
+        assert_eq!(got, rows(&self.db));
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        got
+    }
+}
+
 #[test]
 fn truncate_checkpoints_between_polls_lose_nothing() {
-    let dir = temp_dir("truncate");
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
+    let f = Fixture::new("truncate");
+    let a = &f.app;
     // Fully backfilled WAL: walrust's first pin lands on read mark 0, the dangerous case.
     a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
 
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
-    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    let mut w = f.watcher(opts());
     assert_eq!(w.stats.generations_started, 1);
 
     for round in 0..40 {
@@ -70,12 +111,7 @@ fn truncate_checkpoints_between_polls_lose_nothing() {
     assert_eq!(w.stats.generations_started, 1, "the chain must follow every restart, not start over");
     drop(w);
 
-    let out = dir.join("out.db");
-    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
-    restore(storage.as_ref(), "app", &opts).unwrap();
-    assert_eq!(rows(&out), rows(&db));
-    assert_eq!(rows(&out).len(), 81);
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(f.assert_restores_to_source().len(), 81);
 }
 
 /// SQLite writes the WAL header's checkpoint sequence from a per-connection counter (and a connection that never
@@ -84,76 +120,58 @@ fn truncate_checkpoints_between_polls_lose_nothing() {
 /// to restart the WAL must not start new generations, and nothing is lost.
 #[test]
 fn restarts_by_different_connections_are_followed() {
-    let dir = temp_dir("two-writers");
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
-    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    let f = Fixture::new("two-writers");
+    let a = &f.app;
+    let mut w = f.watcher(opts());
     let mut headers = std::collections::BTreeSet::new();
     for round in 0..30 {
         // A fresh connection each round: it never restarted the WAL itself, so its counter is 0.
-        let b = app(&db);
-        let (first, second) = if round % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let b = app(&f.db);
+        let (first, second) = if round % 2 == 0 { (a, &b) } else { (&b, a) };
         first.execute("INSERT INTO t(v) VALUES (?1)", [format!("x{round}")]).unwrap();
         w.tick(true).unwrap();
         let _ = first.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
         second.execute("INSERT INTO t(v) VALUES (?1)", [format!("y{round}")]).unwrap();
-        let wal = std::fs::read(dir.join("app.db-wal")).unwrap();
+        let wal = std::fs::read(f.dir.join("app.db-wal")).unwrap();
         headers.insert(wal[12..16].to_vec());
         w.tick(true).unwrap();
     }
     assert!(headers.len() > 1, "the restarts were made by different connections");
     assert_eq!(w.stats.generations_started, 1, "every restart was followed");
     drop(w);
-    let out = dir.join("out.db");
-    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
-    restore(storage.as_ref(), "app", &opts).unwrap();
-    assert_eq!(rows(&out), rows(&db));
-    assert_eq!(rows(&out).len(), 61);
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(f.assert_restores_to_source().len(), 61);
 }
 
 #[test]
 fn restart_with_intact_wal_resumes_without_snapshot() {
-    let dir = temp_dir("resume");
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
+    let f = Fixture::new("resume");
+    let a = &f.app;
     {
-        let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        let mut w = f.watcher(opts());
         a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
         w.tick(true).unwrap();
         w.shutdown().unwrap();
     }
     // Written while walrust is down: walrust had checkpointed, so this write restarts the WAL.
     a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
-    let objects_before = walrust::storage::list_all(storage.as_ref(), "", None).unwrap();
-    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    let objects_before = walrust::storage::list_all(f.storage.as_ref(), "", None).unwrap();
+    let mut w = f.watcher(opts());
     assert_eq!(w.stats.generations_started, 0, "resumed, no new generation");
     assert_eq!(w.stats.snapshots, 0, "resumed, no snapshot");
     w.tick(true).unwrap();
-    let objects_after = walrust::storage::list_all(storage.as_ref(), "", None).unwrap();
+    let objects_after = walrust::storage::list_all(f.storage.as_ref(), "", None).unwrap();
     assert_eq!(objects_after.len(), objects_before.len() + 1, "the startup sync shipped 'two' as one changeset");
     assert!(objects_after.iter().filter(|o| o.key.contains("-b-") || o.key.contains("-s-")).count() == 1);
     drop(w);
-    let out = dir.join("out.db");
-    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
-    restore(storage.as_ref(), "app", &opts).unwrap();
-    assert_eq!(rows(&out), rows(&db));
-    std::fs::remove_dir_all(&dir).unwrap();
+    f.assert_restores_to_source();
 }
 
 #[test]
 fn wal_restart_while_down_starts_a_new_generation() {
-    let dir = temp_dir("down");
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
+    let f = Fixture::new("down");
+    let a = &f.app;
     {
-        let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        let mut w = f.watcher(opts());
         a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
         w.tick(true).unwrap();
     }
@@ -161,15 +179,11 @@ fn wal_restart_while_down_starts_a_new_generation() {
     a.execute("INSERT INTO t(v) VALUES ('lost-from-wal')", []).unwrap();
     a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
     a.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
-    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    let mut w = f.watcher(opts());
     assert_eq!(w.stats.generations_started, 1, "continuity cannot be proven: new generation");
     w.tick(true).unwrap();
     drop(w);
-    let out = dir.join("out.db");
-    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
-    restore(storage.as_ref(), "app", &opts).unwrap();
-    assert_eq!(rows(&out), rows(&db));
-    std::fs::remove_dir_all(&dir).unwrap();
+    f.assert_restores_to_source();
 }
 
 /// walrust killed after a new generation's base snapshot landed but before its state file said so: the next
@@ -178,28 +192,25 @@ fn wal_restart_while_down_starts_a_new_generation() {
 #[test]
 fn a_base_snapshot_that_landed_before_a_kill_is_adopted() {
     use walrust::state::{state_path, LocalState, Pending};
-    let dir = temp_dir("base-pending");
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
+    let f = Fixture::new("base-pending");
+    let a = &f.app;
     {
-        let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        let mut w = f.watcher(opts());
         a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
         w.tick(true).unwrap();
         w.shutdown().unwrap();
     }
-    let before = LocalState::load(&state_path(&db)).unwrap().unwrap();
+    let before = LocalState::load(&state_path(&f.db)).unwrap().unwrap();
     // While walrust is down the WAL restarts: the next start begins generation B with a base snapshot.
     a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
     a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
     a.execute("INSERT INTO t(v) VALUES ('three')", []).unwrap();
     let b = {
-        let w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        let w = f.watcher(opts());
         assert_eq!(w.stats.generations_started, 1);
         w.generation()
     };
-    let after = LocalState::load(&state_path(&db)).unwrap().unwrap();
+    let after = LocalState::load(&state_path(&f.db)).unwrap().unwrap();
     assert_eq!(after.generation, b);
     assert_ne!(before.generation, b);
     // The state file as the kill left it: generation A's identity, generation B's base pending.
@@ -212,85 +223,30 @@ fn a_base_snapshot_that_landed_before_a_kill_is_adopted() {
         }),
         ..before
     };
-    crashed.save(&state_path(&db)).unwrap();
-    let mut w = Watcher::start(&db, storage.clone(), opts()).expect("the landed base is ours, not another writer's");
+    crashed.save(&state_path(&f.db)).unwrap();
+    let mut w =
+        Watcher::start(&f.db, f.storage.clone(), opts()).expect("the landed base is ours, not another writer's");
     assert_eq!(w.stats.generations_started, 0, "resumed generation B");
     assert_eq!(w.generation(), b);
     a.execute("INSERT INTO t(v) VALUES ('four')", []).unwrap();
     w.tick(true).unwrap();
     drop(w);
-    let out = dir.join("out.db");
-    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
-    restore(storage.as_ref(), "app", &opts).unwrap();
-    assert_eq!(rows(&out), rows(&db));
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// A storage that refuses every write while `refuse` is set (as if walrust were killed before its upload landed).
-#[derive(Debug)]
-struct Refusing {
-    inner: LocalStorage,
-    refuse: std::sync::atomic::AtomicBool,
-}
-
-impl walrust::storage::Storage for Refusing {
-    fn put(&self, key: &str, body: &mut dyn std::io::Read) -> walrust::storage::Result<()> {
-        self.check()?;
-        self.inner.put(key, body)
-    }
-    fn put_if_absent(
-        &self,
-        key: &str,
-        body: &mut dyn std::io::Read,
-    ) -> walrust::storage::Result<walrust::storage::PutOutcome> {
-        self.check()?;
-        self.inner.put_if_absent(key, body)
-    }
-    fn get(&self, key: &str) -> walrust::storage::Result<walrust::storage::ObjectReader> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &str, offset: u64, len: u64) -> walrust::storage::Result<walrust::storage::ObjectReader> {
-        self.inner.get_range(key, offset, len)
-    }
-    fn list_page(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        delimiter: bool,
-        token: Option<&str>,
-    ) -> walrust::storage::Result<walrust::storage::ListPage> {
-        self.inner.list_page(prefix, start_after, delimiter, token)
-    }
-    fn delete_many(&self, keys: &[String]) -> walrust::storage::Result<()> {
-        self.inner.delete_many(keys)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
-impl Refusing {
-    fn check(&self) -> walrust::storage::Result<()> {
-        match self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
-            true => Err(walrust::storage::StorageError::Auth { code: "AccessDenied".into(), message: String::new() }),
-            false => Ok(()),
-        }
-    }
+    f.assert_restores_to_source();
 }
 
 /// A new generation whose base never lands (refused, or walrust killed first) leaves the state naming the last
 /// acknowledged head: the next start carries on from it instead of refusing the bucket as another writer's.
 #[test]
 fn a_base_snapshot_that_never_landed_leaves_the_previous_head_recognised() {
-    let dir = temp_dir("base-lost");
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let refusing =
-        Arc::new(Refusing { inner: LocalStorage::open(&dir.join("backup"), true).unwrap(), refuse: false.into() });
-    let storage: StorageRef = refusing.clone();
+    let mut refusing = None;
+    let f = Fixture::with_storage("base-lost", |backup| {
+        let s = Arc::new(Faulty::new(LocalStorage::open(backup, true).unwrap()));
+        refusing = Some(s.clone());
+        s as StorageRef
+    });
+    let (a, refusing) = (&f.app, refusing.unwrap());
     {
-        let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+        let mut w = f.watcher(opts());
         a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
         w.tick(true).unwrap();
         w.shutdown().unwrap();
@@ -299,18 +255,15 @@ fn a_base_snapshot_that_never_landed_leaves_the_previous_head_recognised() {
     a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
     a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
     a.execute("INSERT INTO t(v) VALUES ('three')", []).unwrap();
-    refusing.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(Watcher::start(&db, storage.clone(), opts()).is_err());
-    refusing.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
-    let mut w = Watcher::start(&db, storage.clone(), opts()).expect("the previous head is still recognised as ours");
+    refusing.refuse_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(Watcher::start(&f.db, f.storage.clone(), opts()).is_err());
+    refusing.refuse_writes.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut w =
+        Watcher::start(&f.db, f.storage.clone(), opts()).expect("the previous head is still recognised as ours");
     assert_eq!(w.stats.generations_started, 1);
     w.tick(true).unwrap();
     drop(w);
-    let out = dir.join("out.db");
-    let opts = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
-    restore(storage.as_ref(), "app", &opts).unwrap();
-    assert_eq!(rows(&out), rows(&db));
-    std::fs::remove_dir_all(&dir).unwrap();
+    f.assert_restores_to_source();
 }
 
 /// Leaves the WAL as a writer killed between writing its transaction's frames and publishing them in the
@@ -348,36 +301,25 @@ os._exit(0)  # no close: the copy's last connection would checkpoint it
 /// saying it was caught up.
 #[test]
 fn frames_a_killed_writer_never_published_are_not_shipped() {
-    let dir = temp_dir("unpublished");
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
-    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    let f = Fixture::new("unpublished");
+    let a = &f.app;
+    let mut w = f.watcher(opts());
     a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
     w.tick(true).unwrap();
 
-    let restored = |tag: &str| {
-        let out = dir.join(format!("out-{tag}.db"));
-        let o = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
-        restore(storage.as_ref(), "app", &o).unwrap();
-        rows(&out)
-    };
-    append_unpublished_transaction(&db, &dir, "phantom");
+    append_unpublished_transaction(&f.db, &f.dir, "phantom");
     w.tick(true).unwrap();
-    let got = restored("a");
+    let got = f.restored("a");
     assert!(!got.iter().any(|(_, v)| v == "phantom"), "an uncommitted transaction was shipped: {got:?}");
-    assert_eq!(got, rows(&db));
+    assert_eq!(got, rows(&f.db));
 
     // The application's next transaction overwrites those frames; it is shipped, with the chain intact.
     a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
     w.tick(true).unwrap();
-    let got = restored("b");
-    assert_eq!(got, rows(&db));
-    assert_eq!(got.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(), ["seed", "one", "two"]);
     assert_eq!(w.stats.generations_started, 1);
     drop(w);
-    std::fs::remove_dir_all(&dir).unwrap();
+    let got = f.assert_restores_to_source();
+    assert_eq!(got.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(), ["seed", "one", "two"]);
 }
 
 /// An idle, caught-up walrust does no SQLite work on its ticks, but when the application's checkpoint has
@@ -385,24 +327,21 @@ fn frames_a_killed_writer_never_published_are_not_shipped() {
 /// interval, so the application's TRUNCATE checkpoint (waiting in its busy handler) completes.
 #[test]
 fn an_idle_watcher_lets_the_applications_truncate_checkpoint_through() {
-    let dir = temp_dir("idle-truncate");
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
+    let f = Fixture::new("idle-truncate");
+    let a = &f.app;
     // walrust never checkpoints here itself: its pin stays on the last frame it shipped (read mark > 0).
     let mut o = opts();
     o.checkpoint_frames = 1_000_000;
-    let mut w = Watcher::start(&db, storage.clone(), o).unwrap();
+    let mut w = f.watcher(o);
     for round in 0..3 {
         a.execute("INSERT INTO t(v) VALUES (?1)", [format!("r{round}")]).unwrap();
         w.tick(true).unwrap();
-        let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+        let wal = std::path::PathBuf::from(format!("{}-wal", f.db.display()));
         assert!(std::fs::metadata(&wal).unwrap().len() > 0);
         let done = std::sync::atomic::AtomicBool::new(false);
         let (busy, took) = std::thread::scope(|s| {
             let app = s.spawn(|| {
-                let c = Connection::open(&db).unwrap();
+                let c = Connection::open(&f.db).unwrap();
                 c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
                 let t = std::time::Instant::now();
                 let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)).unwrap();
@@ -423,11 +362,7 @@ fn an_idle_watcher_lets_the_applications_truncate_checkpoint_through() {
     w.tick(true).unwrap();
     assert_eq!(w.stats.generations_started, 1);
     drop(w);
-    let out = dir.join("out.db");
-    let o = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
-    restore(storage.as_ref(), "app", &o).unwrap();
-    assert_eq!(rows(&out), rows(&db));
-    std::fs::remove_dir_all(&dir).unwrap();
+    f.assert_restores_to_source();
 }
 
 /// A writer writes its frames to the WAL, then publishes them in the wal-index (shared memory only). A look in
@@ -436,12 +371,9 @@ fn an_idle_watcher_lets_the_applications_truncate_checkpoint_through() {
 /// as it was, and the file's mtime is set back, so that only the wal-index shows the new transaction.
 #[test]
 fn a_transaction_seen_only_in_the_wal_index_is_shipped() {
-    let dir = temp_dir("published");
-    let db = dir.join("app.db");
-    let a = app(&db);
-    a.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('seed');").unwrap();
-    let storage: StorageRef = Arc::new(LocalStorage::open(&dir.join("backup"), true).unwrap());
-    let mut w = Watcher::start(&db, storage.clone(), opts()).unwrap();
+    let f = Fixture::new("published");
+    let a = &f.app;
+    let mut w = f.watcher(opts());
     // A long WAL, shipped and backfilled (opts() checkpoints after every changeset), the pin on read mark 0.
     a.execute_batch(
         "BEGIN; INSERT INTO t(v) SELECT hex(randomblob(2000)) FROM t; INSERT INTO t(v) SELECT v FROM t; COMMIT;",
@@ -450,7 +382,7 @@ fn a_transaction_seen_only_in_the_wal_index_is_shipped() {
     w.tick(true).unwrap();
     let _ = a.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     w.tick(true).unwrap();
-    let wal = std::path::PathBuf::from(format!("{}-wal", db.display()));
+    let wal = std::path::PathBuf::from(format!("{}-wal", f.db.display()));
     let before = std::fs::metadata(&wal).unwrap();
     // The next transaction restarts the WAL: written over its first frames, the file as long as before.
     a.execute("INSERT INTO t(v) VALUES ('after restart')", []).unwrap();
@@ -467,10 +399,7 @@ fn a_transaction_seen_only_in_the_wal_index_is_shipped() {
     for _ in 0..3 {
         w.tick(false).unwrap();
     }
-    let out = dir.join("out.db");
-    let o = RestoreOptions { output: out.clone(), force: false, target: Target::Latest, write_state: false };
-    restore(storage.as_ref(), "app", &o).unwrap();
-    assert_eq!(rows(&out), rows(&db), "the transaction the wal-index published was shipped");
     drop(w);
-    std::fs::remove_dir_all(&dir).unwrap();
+    // The transaction the wal-index published was shipped.
+    f.assert_restores_to_source();
 }

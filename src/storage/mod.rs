@@ -10,6 +10,8 @@
 
 #[doc(hidden)]
 pub mod credentials;
+#[doc(hidden)]
+pub mod faulty;
 pub mod local;
 #[doc(hidden)]
 pub mod retry;
