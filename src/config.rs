@@ -14,6 +14,7 @@
 //! interval = "1s"
 //! check_interval = "100ms"
 //! snapshot_interval = "1h"
+//! nice = 10                            # replication threads run this many levels below the process (0-19)
 //!
 //! [retention]
 //! hourly = 24
@@ -53,6 +54,8 @@ pub struct Sync {
     pub snapshot_interval: Option<Duration>,
     /// `wal_warn_size`: warn (log, webhook) when a WAL grows over this many bytes.
     pub wal_warn_bytes: Option<u64>,
+    /// `nice`: levels below the process that replication threads run at (0-19).
+    pub nice: Option<u8>,
 }
 
 impl Sync {
@@ -63,6 +66,7 @@ impl Sync {
             check_interval: self.check_interval.or(base.check_interval),
             snapshot_interval: self.snapshot_interval.or(base.snapshot_interval),
             wal_warn_bytes: self.wal_warn_bytes.or(base.wal_warn_bytes),
+            nice: self.nice.or(base.nice),
         }
     }
 }
@@ -241,6 +245,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
                     let size = crate::cli::parse_size(&string(v)?);
                     sync.wal_warn_bytes = Some(size.map_err(|_| bad("a size in quotes, like \"256MiB\""))?)
                 }
+                "nice" => match v {
+                    Value::Int(n) if (0..=19).contains(n) => sync.nice = Some(*n as u8),
+                    _ => return Err(bad("a whole number from 0 to 19")),
+                },
                 _ => return Ok(false),
             }
             Ok(true)
@@ -453,11 +461,13 @@ interval = "2s"
 check_interval = "50ms"
 snapshot_interval = "30m"
 wal_warn_size = "128MiB"
+nice = 5
 
 [[databases]]
 path = "/data/tenants/*.db"
 interval = "5s"
 wal_warn_size = "1GB"
+nice = 0
 
 [retention]
 hourly = 48
@@ -491,6 +501,7 @@ snapshot_interval = "2h"
                 check_interval: Some(Duration::from_millis(50)),
                 snapshot_interval: Some(Duration::from_secs(1800)),
                 wal_warn_bytes: Some(128 << 20),
+                nice: Some(5),
             }
         );
         assert_eq!(c.retention.policy_over(Policy::default()), Policy { hourly: 48, daily: 14, weekly: 8, monthly: 6 });
@@ -501,6 +512,7 @@ snapshot_interval = "2h"
         assert_eq!(c.databases[0].path, "/data/tenants/*.db");
         assert_eq!(c.databases[0].sync.interval, Some(Duration::from_secs(5)));
         assert_eq!(c.databases[0].sync.over(&c.sync).wal_warn_bytes, Some(1_000_000_000));
+        assert_eq!(c.databases[0].sync.over(&c.sync).nice, Some(0));
         let d = &c.databases[1];
         assert_eq!((d.path.as_str(), d.name.as_deref()), ("/data/app.db", Some("main-app")));
         // Per-database overrides win over [sync], the rest comes from [sync].
@@ -508,6 +520,7 @@ snapshot_interval = "2h"
         assert_eq!(eff.interval, Some(Duration::from_secs(2)));
         assert_eq!(eff.check_interval, Some(Duration::from_millis(10)));
         assert_eq!(eff.snapshot_interval, Some(Duration::from_secs(7200)));
+        assert_eq!(eff.nice, Some(5));
     }
 
     #[test]
@@ -518,6 +531,7 @@ snapshot_interval = "2h"
             ("[sync]\ninterval = \"soon\"\n", "t.toml:2: interval: 'soon' is not a duration"),
             ("[sync]\ninterval = 5\n", "t.toml:2: interval: expected a duration in quotes"),
             ("[retention]\ndaily = -1\n", "t.toml:2: daily: expected a non-negative whole number"),
+            ("[sync]\nnice = 20\n", "t.toml:2: nice: expected a whole number from 0 to 19"),
             (
                 "[sync]\nwal_warn_size = \"lots\"\n",
                 "t.toml:2: wal_warn_size: expected a size in quotes, like \"256MiB\"",

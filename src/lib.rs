@@ -88,6 +88,8 @@ pub mod object;
 #[doc(hidden)]
 pub mod prefetch;
 #[doc(hidden)]
+pub mod priority;
+#[doc(hidden)]
 pub mod remote;
 pub mod replicate;
 pub mod replicator;

@@ -216,10 +216,12 @@ impl Replicator {
         let path = w.db_path().to_path_buf();
         let thread_stop = Arc::clone(&stop);
         let (thread_flusher, thread_path, ended) = (Arc::clone(&flusher), path.clone(), Arc::clone(&self.ended));
+        let nice = w.nice();
         let handle = std::thread::Builder::new()
             .name(format!("walrust-db-{name}"))
             .stack_size(256 * 1024)
             .spawn(move || {
+                crate::priority::lower_this_thread(nice);
                 let r = match first(w, &thread_stop) {
                     Ok(mut w) => w.run(&thread_stop).map_err(|e| e.context(w.db_path().display())),
                     Err(e) => {

@@ -40,6 +40,7 @@ fn pool() -> &'static Pool {
 }
 
 fn work(rx: &Mutex<Receiver<Job>>) {
+    crate::priority::lower_this_thread(crate::priority::pool_nice());
     loop {
         let job = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());

@@ -78,12 +78,15 @@ pub struct WatchOptions {
     /// Above this WAL size (uploads not keeping up, usually storage down: the WAL is where unshipped commits
     /// wait) log a warning and send a `wal_over_threshold` webhook, once until the WAL is back under half.
     pub wal_warn_bytes: u64,
+    /// When run by a [`Replicator`](crate::replicator::Replicator): its thread runs this many nice levels below
+    /// the process (see `priority`), so that a busy application keeps its CPU.
+    pub nice: u8,
 }
 
 impl WatchOptions {
     /// Defaults for the database `name`: check every 100 ms, at most one upload per second, a snapshot every
     /// hour, PASSIVE checkpoint at 1000 shipped frames, forced restart point above a 32 MiB WAL, changesets of
-    /// at most about 4096 frames, no forced new generation.
+    /// at most about 4096 frames, no forced new generation, 10 nice levels below the process.
     pub fn new(name: impl Into<String>) -> Self {
         WatchOptions {
             name: name.into(),
@@ -95,6 +98,7 @@ impl WatchOptions {
             batch_frames_max: 4096,
             new_generation: false,
             wal_warn_bytes: 256 * 1024 * 1024,
+            nice: crate::priority::DEFAULT_NICE,
         }
     }
 }
@@ -1152,6 +1156,11 @@ impl Watcher {
     /// The minimum time between uploads ([`WatchOptions::sync_interval`]).
     pub fn sync_interval(&self) -> Duration {
         self.opts.sync_interval
+    }
+
+    /// Nice levels below the process for the thread that runs this loop ([`WatchOptions::nice`]).
+    pub fn nice(&self) -> u8 {
+        self.opts.nice
     }
 
     /// The database's name in the bucket.

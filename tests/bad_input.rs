@@ -223,6 +223,7 @@ fn malformed_config_files_are_exit_2_naming_the_line() {
         ("[s3]\nbucket = \"s3://bkt/\"\nbucket = \"s3://ckt/\"\n", 3, "bucket"),
         ("[s3]\nbucket = \"s3://bkt/\"\n[sink]\n", 3, "[sink]"),
         ("[sync]\ninterval = \"soon\"\n", 2, "soon"),
+        ("[sync]\nnice = 20\n", 2, "nice"),
     ] {
         std::fs::write(&cfg, text).unwrap();
         for cmd in ["watch", "explain"] {
@@ -231,6 +232,9 @@ fn malformed_config_files_are_exit_2_naming_the_line() {
             assert!(!l.contains('\n'));
         }
     }
+    // The same bad value as a flag.
+    let o = walrust(&["watch", "x.db", "-b", "file:///tmp/x", "--nice", "20"]);
+    one_clear_line(&o, 2, &["--nice", "'20'", "0 to 19"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -102,6 +102,69 @@ fn exec_forwards_sigterm(dir: &Path, b: &Backend) {
 
 on_both_backends!(exec_exit_status_and_final_sync, exec_forwards_sigterm);
 
+/// Nice value of each thread of process `pid`, with its name (from /proc/PID/task/TID/stat: the name is in
+/// parentheses, nice is the 19th field).
+fn thread_nice(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        out.push((stat[open + 1..close].to_string(), fields[16].parse().unwrap()));
+    }
+    out
+}
+
+/// The nice value of `pid`'s children (the `--exec` application).
+fn children_nice(pid: u32) -> Vec<i32> {
+    let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    kids.split_whitespace().flat_map(|c| thread_nice(c.parse().unwrap())).map(|(_, n)| n).collect()
+}
+
+/// Replication work (each database's thread, the upload workers) runs `--nice` levels below walrust's own
+/// priority, 10 by default; walrust's main thread and the `--exec` application stay where they were.
+#[test]
+fn replication_threads_run_below_the_application() {
+    let dir = temp_dir("nice");
+    let (db, script) = setup(&dir);
+    let b = Backend::file(&dir);
+    for (flags, below) in [(&[][..], 10), (&["--nice", "3"][..], 3), (&["--nice", "0"][..], 0)] {
+        let exec = format!("python3 {} {} until-term", script.display(), db.display());
+        let mut w = command(walrust_bin())
+            .arg("watch")
+            .arg(&db)
+            .args(b.args())
+            .args(["--interval", "100ms", "--exec", &exec])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (t, before) = (Instant::now(), rows(&db).len());
+        let threads = loop {
+            let threads = thread_nice(w.id());
+            let has = |p: &str| threads.iter().any(|(n, _)| n.starts_with(p));
+            // The application writing (its SIGTERM handler is set) and walrust's threads started.
+            if has("walrust-db-app") && has("walrust-upload") && rows(&db).len() > before + 5 {
+                break threads;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "threads did not start: {threads:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let main = threads.iter().find(|(n, _)| n == "walrust").expect("the main thread").1;
+        let want = (main + below).min(19);
+        for (name, nice) in &threads {
+            if name.starts_with("walrust-db-") || name.starts_with("walrust-upload") {
+                assert_eq!(*nice, want, "{flags:?}: thread {name} in {threads:?}");
+            }
+        }
+        assert!(children_nice(w.id()).iter().all(|n| *n == main), "{flags:?}: the application keeps its priority");
+        support::signal(&w, "-TERM");
+        assert_eq!(wait_exit(&mut w, 60), 0);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn exec_errors_are_one_line() {
     let dir = temp_dir("exec-errors");

@@ -86,13 +86,14 @@ pub fn run(parser: lexopt::Parser) -> Result<i32> {
             .zip(&estimates)
             .map(|((path, o), e)| {
                 format!(
-                    "{{\"path\":{},\"name\":{},\"interval_ms\":{},\"check_interval_ms\":{},\"snapshot_interval_ms\":{},\"wal_warn_bytes\":{},\"busy_puts_per_month\":{:.0},\"snapshot_puts_per_month\":{:.0},\"compact_lists_per_month\":{:.0},\"idle_requests_per_month\":0,\"busy_usd_per_month\":{:.2}}}",
+                    "{{\"path\":{},\"name\":{},\"interval_ms\":{},\"check_interval_ms\":{},\"snapshot_interval_ms\":{},\"wal_warn_bytes\":{},\"nice\":{},\"busy_puts_per_month\":{:.0},\"snapshot_puts_per_month\":{:.0},\"compact_lists_per_month\":{:.0},\"idle_requests_per_month\":0,\"busy_usd_per_month\":{:.2}}}",
                     json_string(&path.display().to_string()),
                     json_string(&o.name),
                     o.sync_interval.as_millis(),
                     o.check_interval.as_millis(),
                     o.snapshot_interval.as_millis(),
                     o.wal_warn_bytes,
+                    o.nice,
                     e.busy_puts,
                     e.snapshot_puts,
                     e.compact_lists,
@@ -145,17 +146,18 @@ pub fn run(parser: lexopt::Parser) -> Result<i32> {
     }
     println!();
     println!(
-        "{:<24} {:>9} {:>9} {:>9} {:>10} {:>14} {:>12} {:>10}",
-        "NAME", "INTERVAL", "CHECK", "SNAPSHOT", "WAL WARN", "BUSY PUT/MONTH", "SNAP/MONTH", "USD/MONTH"
+        "{:<24} {:>9} {:>9} {:>9} {:>10} {:>4} {:>14} {:>12} {:>10}",
+        "NAME", "INTERVAL", "CHECK", "SNAPSHOT", "WAL WARN", "NICE", "BUSY PUT/MONTH", "SNAP/MONTH", "USD/MONTH"
     );
     for ((_, o), e) in jobs.iter().zip(&estimates) {
         println!(
-            "{:<24} {:>9} {:>9} {:>9} {:>10} {:>14.0} {:>12.0} {:>10.2}",
+            "{:<24} {:>9} {:>9} {:>9} {:>10} {:>4} {:>14.0} {:>12.0} {:>10.2}",
             o.name,
             humantime::format_duration(o.sync_interval).to_string(),
             humantime::format_duration(o.check_interval).to_string(),
             humantime::format_duration(o.snapshot_interval).to_string(),
             crate::cli::progress::bytes(o.wal_warn_bytes),
+            o.nice,
             e.busy_puts,
             e.snapshot_puts,
             e.busy_usd()

@@ -33,6 +33,8 @@ Options:
       --snapshot-interval D    snapshot when D has passed and something changed (default 1h)
       --wal-warn-size SIZE     warn (log, webhook wal_over_threshold) when a WAL grows over SIZE: uploads are
                                not keeping up (default 256MiB)
+      --nice N                 run replication N nice levels below walrust's own priority, 0-19 (default 10):
+                               a busy application keeps its CPU, walrust catches up after the burst
       --new-generation         start a new generation even if the bucket holds backups this database
                                has no record of writing (taking over a name)
       --restore-if-missing     restore a database that does not exist from its latest backup first, then
@@ -123,6 +125,13 @@ pub(crate) fn resolve(mut parser: lexopt::Parser, help: &str, accept_json: bool)
                 let v = value_string(&mut parser)?;
                 cli_sync.wal_warn_bytes =
                     Some(parse_size(&v).map_err(|e| Error::Usage(format!("--wal-warn-size: {e}")))?)
+            }
+            lexopt::Arg::Long("nice") => {
+                let v = value_string(&mut parser)?;
+                cli_sync.nice = match v.parse::<u8>() {
+                    Ok(n) if n <= 19 => Some(n),
+                    _ => return Err(Error::Usage(format!("--nice: '{v}' is not a whole number from 0 to 19"))),
+                }
             }
             lexopt::Arg::Long("new-generation") => new_generation = true,
             lexopt::Arg::Long("restore-if-missing") => restore_if_missing = true,
@@ -247,6 +256,7 @@ impl Discovery {
             o.check_interval = sync.check_interval.unwrap_or(o.check_interval);
             o.snapshot_interval = sync.snapshot_interval.unwrap_or(o.snapshot_interval);
             o.wal_warn_bytes = sync.wal_warn_bytes.unwrap_or(o.wal_warn_bytes);
+            o.nice = sync.nice.unwrap_or(o.nice);
             o.new_generation = self.new_generation;
             jobs.push((db.clone(), o));
         }
@@ -295,6 +305,11 @@ fn watch(r: Resolved) -> Result<i32> {
         ..
     } = r;
     let exec = exec.map(|cmd| exec::parse(&cmd)).transpose()?;
+    // The process's priority, read here before any worker thread lowers its own; the upload workers run at the
+    // flag's or [sync]'s levels (they serve every database).
+    crate::priority::base();
+    let pool_nice = discovery.cli_sync.over(&config.sync).nice;
+    crate::priority::set_pool_nice(pool_nice.unwrap_or(crate::priority::DEFAULT_NICE));
     let webhooks = match webhook_url {
         Some(url) => {
             let secret = std::env::var("WALRUST_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty());
