@@ -32,8 +32,10 @@ How each figure is measured (both tools get the same workload, the same SeaweedF
 - App throughput: a writer process (one connection, WAL mode, synchronous=NORMAL) commits transactions of
   TP_ROWS rows of ~TP_ROW_BYTES text (distinct rows, ~2-3x compressible) as fast as it can for TP_SECS, on a fresh
   database, with no tool, with walrust and with Litestream (TP_ROUNDS rounds, in that order each round), the tools
-  talking to S3 directly (the proxy would take CPU from the application being measured). Slowdown = 1 - mean
-  commits/s with the tool / mean commits/s without. WAL MB/s = commits x WAL bytes per commit (calibrated on a
+  talking to S3 directly (the proxy would take CPU from the application being measured). Every run starts after a
+  `sync` and 1 s of quiet (without it, an fsync behind the previous runs' gigabytes of writeback made runs differ
+  3x). Slowdown = 1 - mean commits/s with the tool / mean commits/s without; also the median over rounds of each
+  round's own slowdown (against that round's run without a tool), which drift between rounds does not move. WAL MB/s = commits x WAL bytes per commit (calibrated on a
   scratch database with checkpoints off). Also: the longest single commit (app stall), the largest WAL seen (polled
   every 50 ms), the tool's CPU time (its rusage) per GB of WAL, and "WAL replicated" = WAL bytes / (time from the
   writer's start until its last commit is durable): walrust's walrust_last_sync_timestamp_seconds >= the last
@@ -46,8 +48,9 @@ How each figure is measured (both tools get the same workload, the same SeaweedF
   (commits x calibrated WAL bytes per commit); both tools send each page once per sync, so this includes the
   saving from pages rewritten several times within an interval, not only compression.
 
-- Restore: a RESTORE_MIB MiB database (distinct text rows, cached in ${TMPDIR:-/tmp}/walrust-bench/), each tool
-  replicates it (its initial snapshot, then RESTORE_COMMITS commits 0.2 s apart), is stopped (SIGTERM), its local
+- Restore: a RESTORE_MIB MiB database (distinct text rows, cached in ${TMPDIR:-/tmp}/walrust-bench/), both tools
+  replicate it at once, each its own copy (its initial snapshot, then RESTORE_COMMITS commits RESTORE_GAP s apart,
+  the same rows to both), is stopped (SIGTERM), its local
   files are deleted, then it restores directly from S3 (not through the proxy): latest, latest with Litestream's
   `-integrity-check full` (walrust always runs PRAGMA integrity_check; Litestream by default does not), and a point
   in time halfway between two middle commits. Time = wall clock of the restore command; peak RSS = its ru_maxrss
@@ -91,6 +94,7 @@ DEFAULTS = {
     "LAG_STEADY_SECS": 30,  # seconds of 10 commits/s per tool
     "TP_SECS": 10,  # seconds per throughput run
     "TP_ROUNDS": 3,  # rounds of (none, walrust, litestream)
+    "TP_NICE0": 0,  # 1: each round also runs walrust --nice 0 (at the application's priority; the default is 10)
     "TP_ROWS": 16,  # rows per transaction
     "TP_ROW_BYTES": 1000,  # bytes per row
     "REQ_IDLE_SECS": 60,
@@ -98,6 +102,7 @@ DEFAULTS = {
     "REQ_FAST_SECS": 30,  # 100 writes/s (0 skips)
     "RESTORE_MIB": 256,
     "RESTORE_COMMITS": 30,
+    "RESTORE_GAP": 0.2,  # seconds between the restore workload's commits
     "MEM_COUNTS": "1,10,100",
     "MEM_SECS": 40,
 }
@@ -409,7 +414,7 @@ def make_db(path, kib=100):
 class Tool:
     """One running replicator process (walrust watch or litestream replicate) for some databases."""
 
-    def __init__(self, name, dbs, prefix, endpoint, work, metrics=False, extra_env=None):
+    def __init__(self, name, dbs, prefix, endpoint, work, metrics=False, extra_env=None, extra_args=()):
         self.name, self.dbs, self.prefix, self.work = name, dbs, prefix, work
         self.log_path = os.path.join(work, f"{name}-{uuid.uuid4().hex[:6]}.log")
         self.metrics_port = None
@@ -417,7 +422,7 @@ class Tool:
         env.update(extra_env or {})
         if name == "walrust":
             cmd = [WALRUST, "watch", *dbs, "-b", f"s3://{BUCKET}/{prefix}", "--endpoint", endpoint,
-                   "--interval", INTERVAL]
+                   "--interval", INTERVAL, *extra_args]
             if metrics:
                 self.metrics_port = free_port()
                 cmd += ["--metrics-addr", f"127.0.0.1:{self.metrics_port}"]
@@ -736,13 +741,11 @@ def bench_throughput(ctx):
     nrows, rb, secs = CFG["TP_ROWS"], CFG["TP_ROW_BYTES"], CFG["TP_SECS"]
     per_commit = wal_bytes_per_commit(ctx.work, nrows, rb)
     log(f"throughput: {per_commit:.0f} WAL bytes per commit ({nrows} rows x {rb} B)")
-    res = {"none": [], "walrust": [], "litestream": []}
-    keep = {"walrust": [], "litestream": []}
-    walpeak = {"none": [], "walrust": [], "litestream": []}
-    stall = {"none": [], "walrust": [], "litestream": []}
-    cpu = {"walrust": [], "litestream": []}
+    runs = ["none", "walrust", "litestream"] + (["walrust-nice0"] if CFG["TP_NICE0"] else [])
+    res, walpeak, stall = ({k: [] for k in runs} for _ in range(3))
+    keep, cpu = ({k: [] for k in runs[1:]} for _ in range(2))
     for rnd in range(CFG["TP_ROUNDS"]):
-        for tool in ("none", "walrust", "litestream"):
+        for tool in runs:
             d = os.path.join(ctx.work, f"tp-{tool}-{rnd}")
             os.makedirs(d)
             db = os.path.join(d, "tp.db")
@@ -751,11 +754,17 @@ def bench_throughput(ctx):
             t = ltx = None
             if tool != "none":
                 # Directly against S3: the proxy would take CPU from the application it is measuring.
-                t = Tool(tool, [db], prefix, ENDPOINT, ctx.work, metrics=(tool == "walrust"))
+                kind = tool.split("-")[0]
+                nice0 = ["--nice", "0"] if tool == "walrust-nice0" else []
+                t = Tool(kind, [db], prefix, ENDPOINT, ctx.work, metrics=(kind == "walrust"), extra_args=nice0)
                 ltx = LtxWatcher(db) if tool == "litestream" else None
                 t.wait_ready()
                 time.sleep(1.5)
             try:
+                # Each round starts with nothing dirty to write back: the previous rounds wrote gigabytes, and an
+                # fsync (SQLite's checkpoints) waiting behind their writeback made rounds differ 3x.
+                subprocess.run(["sync"])
+                time.sleep(1)
                 wp = WalPeak(db)
                 w = run_writer(ctx.work, [db], 0, secs, nrows, rb)
                 walpeak[tool].append(wp.stop() / (1 << 20))
@@ -795,6 +804,15 @@ def bench_throughput(ctx):
         + ", ".join(f"{x:.0f}" for x in res["litestream"]))
     add("throughput", "app slowdown", 100 * (1 - mean["walrust"] / base), 100 * (1 - mean["litestream"] / base),
         "%", "pp", "negative: the application ran faster than without a tool (see BENCHMARKS.md)")
+    paired = {k: [100 * (1 - x / n) for x, n in zip(res[k], res["none"])] for k in runs[1:]}
+    add("throughput", "app slowdown, median of rounds", pct(paired["walrust"], 50), pct(paired["litestream"], 50), "%",
+        "pp", "each round against that round's run without a tool; rounds: walrust "
+        + ", ".join(f"{x:.1f}" for x in paired["walrust"]) + "; litestream "
+        + ", ".join(f"{x:.1f}" for x in paired["litestream"]))
+    if "walrust-nice0" in paired:
+        add("throughput", "app slowdown, median of rounds, walrust --nice 0", pct(paired["walrust-nice0"], 50),
+            pct(paired["litestream"], 50), "%", "pp", "walrust at the application's priority (default: 10 below); "
+            "rounds: " + ", ".join(f"{x:.1f}" for x in paired["walrust-nice0"]))
     add("throughput", "app WAL write rate with the tool", mean["walrust"] * per_commit / 1e6,
         mean["litestream"] * per_commit / 1e6, "MB/s", "high")
     add("throughput", "longest commit (app stall)", max(stall["walrust"]), max(stall["litestream"]), "s", "low",
@@ -894,53 +912,101 @@ def db_fingerprint(path):
     return r
 
 
+def vm_hwm(pid):
+    """The process's peak RSS so far (VmHWM) in MiB, or None once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def timed(cmd, env=None):
+    """(exit code, wall seconds, peak RSS MiB, output). The peak is VmHWM polled every 10 ms (so the time is up to 10 ms long), not ru_maxrss: a child
+    spawned from this Python process inherits Python's own peak RSS in ru_maxrss across exec (Linux keeps the
+    highest of the old and new address spaces), which would put a ~30-40 MiB floor under every figure."""
+    out = tempfile.TemporaryFile()
     t0 = time.time()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    return os.waitstatus_to_exitcode(status), time.time() - t0, usage.ru_maxrss / 1024, out.decode(errors="replace")
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    peak = 0.0
+    while p.poll() is None:
+        peak = max(peak, vm_hwm(p.pid) or 0.0)
+        time.sleep(0.01)
+    secs = time.time() - t0
+    out.seek(0)
+    return p.returncode, secs, peak, out.read().decode(errors="replace")
 
 
 def rfc3339(t):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
+def stored_objects(s3, prefix):
+    """What a tool left under prefix, by kind: walrust's b/s/c objects, Litestream's LTX files by level."""
+    counts = {}
+    for _, key in s3.list(BUCKET, prefix + "/"):
+        m = re.search(r"-([bsc])-[0-9a-f]{64}\.hadbp", key)
+        kind = {"b": "base snapshots", "s": "snapshots", "c": "changesets"}[m.group(1)] if m else None
+        if not m:
+            lvl = re.search(r"/(\d{4})/[^/]*\.ltx$", key)
+            kind = f"level-{int(lvl.group(1))} LTX files" if lvl else "other objects"
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing"
+
+
 def bench_restore(ctx):
     src = source_db(CFG["RESTORE_MIB"])
     size = os.path.getsize(src) / (1 << 20)
-    k = CFG["RESTORE_COMMITS"]
+    k, gap = CFG["RESTORE_COMMITS"], CFG["RESTORE_GAP"]
     res = {}
-    for tool in ("walrust", "litestream"):
-        d = os.path.join(ctx.work, f"restore-{tool}")
-        os.makedirs(d)
-        db = os.path.join(d, "big.db")
-        shutil.copyfile(src, db)
-        prefix = f"{ctx.run}/restore-{tool}"
-        t = Tool(tool, [db], prefix, ENDPOINT, ctx.work)
-        t0 = time.time()
-        states = []  # (time the commit returned, row count): the states a point-in-time restore may give
-        try:
-            t.wait_ready(900)
-            log(f"restore: {tool} took the first snapshot of {size:.0f} MiB in {time.time() - t0:.1f} s; "
-                f"{k} commits, 0.2 s apart")
-            con = open_db(db)
-            rng = random.Random()
-            states.append((time.time(), con.execute("SELECT count(*) FROM t").fetchone()[0]))
-            for _ in range(k):
-                commit_rows(con, [row_text(1000, rng) for _ in range(10)])
-                states.append((time.time(), con.execute("SELECT count(*) FROM t").fetchone()[0]))
-                time.sleep(0.2)
+    # Both tools replicate at the same time, each its own copy of the database, with the same commits: a long
+    # history (RESTORE_COMMITS x RESTORE_GAP seconds of real time) then costs its length once, not twice.
+    tools, dbs, cons = {}, {}, {}
+    states = {"walrust": [], "litestream": []}  # (time the commit returned, row count): what a PIT restore may give
+    try:
+        for tool in ("walrust", "litestream"):
+            d = os.path.join(ctx.work, f"restore-{tool}")
+            os.makedirs(d)
+            dbs[tool] = os.path.join(d, "big.db")
+            shutil.copyfile(src, dbs[tool])
+            t0 = time.time()
+            tools[tool] = Tool(tool, [dbs[tool]], f"{ctx.run}/restore-{tool}", ENDPOINT, ctx.work)
+            tools[tool].wait_ready(900)
+            log(f"restore: {tool} took the first snapshot of {size:.0f} MiB in {time.time() - t0:.1f} s")
+        log(f"restore: {k} commits of 10 rows, {gap} s apart, to both databases ({k * gap / 60:.1f} minutes)")
+        rng = random.Random()
+        for tool, db in dbs.items():
+            cons[tool] = open_db(db)
+            states[tool].append((time.time(), cons[tool].execute("SELECT count(*) FROM t").fetchone()[0]))
+        t_next = time.time()
+        for i in range(k):
+            rows = [row_text(1000, rng) for _ in range(10)]
+            for tool, con in cons.items():
+                commit_rows(con, rows)
+                states[tool].append((time.time(), con.execute("SELECT count(*) FROM t").fetchone()[0]))
+            if i and i % 600 == 0:
+                log(f"restore: {i}/{k} commits")
+            t_next += gap
+            time.sleep(max(0.0, t_next - time.time()))
+        for con in cons.values():
             con.close()
-            time.sleep(3)
-        finally:
+        time.sleep(3)
+    finally:
+        for t in tools.values():
             t.stop(120)
+    for tool in ("walrust", "litestream"):
+        d, db, prefix, t = os.path.dirname(dbs[tool]), dbs[tool], tools[tool].prefix, tools[tool]
+        states_t = states[tool]
+        log(f"restore: {tool} stored {stored_objects(ctx.s3, prefix)}")
         want = db_fingerprint(db)
         shutil.rmtree(d, ignore_errors=True)  # frees disk; the restore must come from S3 alone
         os.makedirs(d)
         # Point in time: halfway between the middle commit and the next one.
-        mid = len(states) // 2
-        pit = (states[mid][0] + states[mid + 1][0]) / 2
+        mid = len(states_t) // 2
+        pit = (states_t[mid][0] + states_t[mid + 1][0]) / 2
         env = dict(os.environ)
         env.pop("AWS_CA_BUNDLE", None)
         cfg = os.path.join(ctx.work, "restore-litestream.yml")
@@ -961,9 +1027,9 @@ def bench_restore(ctx):
             code, secs, peak, output = timed(cmd, env)
             if label == "point in time":
                 got = db_fingerprint(out)[0] if code == 0 and os.path.exists(out) else None
-                ok = got in [c for tc, c in states if tc <= pit]
-                exact = max(c for tc, c in states if tc <= pit)
-                behind = sum(1 for tc, c in states if c > (got or 0) and tc <= pit)
+                ok = got in [c for tc, c in states_t if tc <= pit]
+                exact = max(c for tc, c in states_t if tc <= pit)
+                behind = sum(1 for tc, c in states_t if c > (got or 0) and tc <= pit)
                 detail = f"{behind} of {mid} commits before the point missing" if ok else f"rows {got}: WRONG"
             else:
                 ok = code == 0 and os.path.exists(out) and db_fingerprint(out) == want
@@ -979,7 +1045,7 @@ def bench_restore(ctx):
     w, l, lf = res[("walrust", "latest")], res[("litestream", "latest")], res[("litestream",
                                                                                "latest, -integrity-check full")]
     wp, lp = res[("walrust", "point in time")], res[("litestream", "point in time")]
-    note = (f"{size:.0f} MiB database + {k} commits after its snapshot; walrust {w[3]}, litestream {l[3]}; "
+    note = (f"{size:.0f} MiB database + {k} commits {gap} s apart after its snapshot; walrust {w[3]}, litestream {l[3]}; "
             f"walrust always runs PRAGMA integrity_check, Litestream by default does not")
     add("restore", f"latest: time ({size:.0f} MiB)", w[0], l[0], "s", "low", note)
     add("restore", "latest: time, Litestream with -integrity-check full", w[0], lf[0], "s", "low", lf[3])
