@@ -68,6 +68,22 @@ impl Fixture {
         Watcher::start(&self.db, self.storage.clone(), opts).unwrap()
     }
 
+    /// A first watcher ships the row 'one' and shuts down cleanly.
+    fn ship_one_and_shut_down(&self) {
+        let mut w = self.watcher(opts());
+        self.app.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
+        w.tick(true).unwrap();
+        w.shutdown().unwrap();
+    }
+
+    /// While walrust is down the application writes `first`, checkpoints everything (TRUNCATE), and writes
+    /// `then`, which restarts the WAL: continuity with what was shipped cannot be read from the WAL any more.
+    fn restart_wal_while_down(&self, first: &str, then: &str) {
+        self.app.execute("INSERT INTO t(v) VALUES (?1)", [first]).unwrap();
+        self.app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+        self.app.execute("INSERT INTO t(v) VALUES (?1)", [then]).unwrap();
+    }
+
     /// The rows of the latest restore from the backup (into its own file, named by `tag`).
     fn restored(&self, tag: &str) -> Vec<(i64, String)> {
         let out = self.dir.join(format!("out-{tag}.db"));
@@ -146,12 +162,7 @@ fn restarts_by_different_connections_are_followed() {
 fn restart_with_intact_wal_resumes_without_snapshot() {
     let f = Fixture::new("resume");
     let a = &f.app;
-    {
-        let mut w = f.watcher(opts());
-        a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
-        w.tick(true).unwrap();
-        w.shutdown().unwrap();
-    }
+    f.ship_one_and_shut_down();
     // Written while walrust is down: walrust had checkpointed, so this write restarts the WAL.
     a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
     let objects_before = walrust::storage::list_all(f.storage.as_ref(), "", None).unwrap();
@@ -175,10 +186,7 @@ fn wal_restart_while_down_starts_a_new_generation() {
         a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
         w.tick(true).unwrap();
     }
-    // While walrust is down the application writes, checkpoints everything and restarts the WAL.
-    a.execute("INSERT INTO t(v) VALUES ('lost-from-wal')", []).unwrap();
-    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-    a.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    f.restart_wal_while_down("lost-from-wal", "after");
     let mut w = f.watcher(opts());
     assert_eq!(w.stats.generations_started, 1, "continuity cannot be proven: new generation");
     w.tick(true).unwrap();
@@ -194,17 +202,10 @@ fn a_base_snapshot_that_landed_before_a_kill_is_adopted() {
     use walrust::state::{state_path, LocalState, Pending};
     let f = Fixture::new("base-pending");
     let a = &f.app;
-    {
-        let mut w = f.watcher(opts());
-        a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
-        w.tick(true).unwrap();
-        w.shutdown().unwrap();
-    }
+    f.ship_one_and_shut_down();
     let before = LocalState::load(&state_path(&f.db)).unwrap().unwrap();
     // While walrust is down the WAL restarts: the next start begins generation B with a base snapshot.
-    a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
-    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-    a.execute("INSERT INTO t(v) VALUES ('three')", []).unwrap();
+    f.restart_wal_while_down("two", "three");
     let b = {
         let w = f.watcher(opts());
         assert_eq!(w.stats.generations_started, 1);
@@ -244,17 +245,10 @@ fn a_base_snapshot_that_never_landed_leaves_the_previous_head_recognised() {
         refusing = Some(s.clone());
         s as StorageRef
     });
-    let (a, refusing) = (&f.app, refusing.unwrap());
-    {
-        let mut w = f.watcher(opts());
-        a.execute("INSERT INTO t(v) VALUES ('one')", []).unwrap();
-        w.tick(true).unwrap();
-        w.shutdown().unwrap();
-    }
+    let refusing = refusing.unwrap();
+    f.ship_one_and_shut_down();
     // While walrust is down the WAL restarts: the next start needs a new generation, whose base is refused.
-    a.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
-    a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-    a.execute("INSERT INTO t(v) VALUES ('three')", []).unwrap();
+    f.restart_wal_while_down("two", "three");
     refusing.refuse_writes.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(Watcher::start(&f.db, f.storage.clone(), opts()).is_err());
     refusing.refuse_writes.store(false, std::sync::atomic::Ordering::SeqCst);
