@@ -149,7 +149,7 @@ impl Prepared {
     /// their SHA-256): an earlier attempt of ours landed, which counts as success.
     pub fn put(&self, storage: &dyn Storage, header: &Header, records: &mut RecordSource<'_>) -> Result<Uploaded> {
         let outcome = match &self.inline {
-            Some(buf) => storage.put_if_absent(&self.key_str, &mut &buf[..])?,
+            Some(buf) => put_bytes(storage, &self.key_str, buf)?,
             None => upload_streaming(storage, &self.key_str, &self.key.sha256, header, records)?,
         };
         Ok(self.uploaded(outcome))
@@ -165,7 +165,7 @@ impl Prepared {
     ) -> Result<Uploaded> {
         let Some(buf) = self.inline.take() else { return self.put(storage.as_ref(), header, records) };
         let (storage, key) = (std::sync::Arc::clone(storage), self.key_str.clone());
-        let outcome = crate::uploads::run(move || storage.put_if_absent(&key, &mut &buf[..]))
+        let outcome = crate::uploads::run(move || put_bytes(storage.as_ref(), &key, &buf))
             .ok_or_else(|| Error::Other(format!("uploading {}: the upload worker failed", self.key_str)))??;
         Ok(self.uploaded(outcome))
     }
@@ -179,6 +179,28 @@ impl Prepared {
             created: outcome == PutOutcome::Created,
         }
     }
+}
+
+/// Writes `bytes` create-if-absent under `key` (which carries their SHA-256). An object already there normally
+/// holds these very bytes (an earlier attempt of ours landed), but a store may have kept a PUT that was cut off:
+/// SeaweedFS stores an empty object when the client dies after sending the headers. So an existing object of
+/// another size is damaged: it is replaced (the bytes are the same by construction), never counted as shipped.
+fn put_bytes(storage: &dyn Storage, key: &str, bytes: &[u8]) -> crate::storage::Result<PutOutcome> {
+    let outcome = storage.put_if_absent(key, &mut &bytes[..])?;
+    if outcome == PutOutcome::AlreadyExists {
+        let listed = crate::storage::list_all(storage, key, None)?;
+        let size = listed.iter().find(|o| o.key == key).map(|o| o.size);
+        if size != Some(bytes.len() as u64) {
+            let found = size.map_or("nothing".to_string(), |n| format!("{n} bytes"));
+            crate::log::warn(&format!(
+                "object {key} was already stored with {found}, not {} bytes (an upload cut off earlier); replacing it",
+                bytes.len()
+            ));
+            storage.put(key, &mut &bytes[..])?;
+            return Ok(PutOutcome::Created);
+        }
+    }
+    Ok(outcome)
 }
 
 /// Encodes and uploads one object create-if-absent under `name` (prepare, then put).

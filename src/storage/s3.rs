@@ -2,7 +2,8 @@
 //! signed too) and sent with one shared ureq agent (connection reuse, explicit timeouts, TLS verified against the
 //! webpki roots or AWS_CA_BUNDLE).
 //!
-//! - Bodies up to [`PART_SIZE`] go in one PUT; larger ones stream through a multipart upload, one part in memory
+//! - Bodies up to [`PART_SIZE`] go in one PUT, with their SHA-256 in `x-amz-checksum-sha256` (a body cut off in
+//!   transit is refused, not stored); larger ones stream through a multipart upload, one part in memory
 //!   at a time, each part retried on its own. Create-if-absent sends `If-None-Match: *` on the PUT or on
 //!   CompleteMultipartUpload; a 412 is [`PutOutcome::AlreadyExists`].
 //! - Error bodies are parsed for `<Code>`; status and code decide the typed error (404 NoSuchKey is
@@ -20,6 +21,7 @@ use rusty_s3::actions::{
     CompleteMultipartUpload, CreateMultipartUpload, DeleteObjectsResponse, ListObjectsV2, ObjectIdentifier,
 };
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use sha2::Digest;
 
 use crate::semaphore::Semaphore;
 
@@ -257,9 +259,14 @@ impl S3Storage {
 
     fn put_single(&self, key: &str, data: &[u8], if_absent: bool) -> Result<PutOutcome> {
         let full = self.full_key(key);
+        // The store checks the body against it: a PUT cut off in transit is refused instead of kept (SeaweedFS
+        // keeps an empty object when the client dies right after the headers; Content-Length alone does not stop it).
+        let checksum = base64(&sha2::Sha256::digest(data));
         self.retry.run_with(Some(&self.breaker), || {
             let c = self.creds()?;
-            let a = sign(self.bucket.put_object(c.as_deref(), &full), if_none_match(if_absent));
+            let mut headers = if_none_match(if_absent);
+            headers.push(("x-amz-checksum-sha256", checksum.clone()));
+            let a = sign(self.bucket.put_object(c.as_deref(), &full), headers);
             let resp = self.send(Kind::Put, a, Body::Bytes(data), key, &[412])?;
             Ok(if resp.status().as_u16() == 412 { PutOutcome::AlreadyExists } else { PutOutcome::Created })
         })
@@ -574,6 +581,24 @@ fn build_agent(https: bool, ca_bundle: Option<&std::ffi::OsStr>) -> Result<ureq:
     Ok(cfg.build().new_agent())
 }
 
+/// Standard base64 with padding (RFC 4648), for checksum headers.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn if_none_match(if_absent: bool) -> Vec<(&'static str, String)> {
     if if_absent {
         vec![("if-none-match", "*".to_string())]
@@ -695,6 +720,18 @@ fn status_error_code(status: u16, code: &str, message: &str, bucket: &str, key: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        let cases =
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE=")];
+        for (plain, encoded) in cases {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
+        }
+        assert_eq!(base64(&[0xfb, 0xff, 0xfe]), "+//+");
+        // The checksum header of an empty body, as AWS documents it.
+        assert_eq!(base64(&sha2::Sha256::digest(b"")), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+    }
 
     #[test]
     fn errors_are_typed_from_status_and_code() {
