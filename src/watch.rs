@@ -310,7 +310,21 @@ impl Watcher {
     fn decide_start(&mut self) -> Result<Start> {
         let location = self.storage.describe();
         let state = self.load_own_state()?;
-        let head = remote::head(self.storage.as_ref(), &self.opts.name)?;
+        let mut head = remote::head(self.storage.as_ref(), &self.opts.name)?;
+        if let (Some(p), Some(h)) = (state.as_ref().and_then(|s| s.pending.as_ref()), &head) {
+            if p.key == h.last.key_str && p.bytes != 0 && h.last.size != p.bytes {
+                // Our upload in flight at the kill, kept by the store cut off (an empty object after a PUT cut
+                // right after its headers). Not ours landed: removed, so that the head is the last acknowledged
+                // object again and the changeset is sent again from the WAL (or the base taken again).
+                log::warn(&format!(
+                    "{}: {} holds {} bytes, not the {} uploaded (cut off when walrust stopped); removing it and \
+                     sending it again",
+                    self.opts.name, p.key, h.last.size, p.bytes
+                ));
+                self.storage.delete_many(std::slice::from_ref(&p.key))?;
+                head = remote::head(self.storage.as_ref(), &self.opts.name)?;
+            }
+        }
         let Some(head) = head else {
             return Ok(Start::NewGeneration { reason: "no backup yet".into(), after: None });
         };
@@ -560,7 +574,8 @@ impl Watcher {
                 // No WAL: no position; an adopted start then finds nothing to resume from and begins again.
                 None => WalPosition { salt1: 0, salt2: 0, ckpt_seq: 0, frames: 0, checksum0: 0, checksum1: 0 },
             };
-            let pending = Pending { key: prepared.key_str.clone(), seq, chain: prepared.checksum, wal };
+            let pending =
+                Pending { key: prepared.key_str.clone(), seq, chain: prepared.checksum, wal, bytes: prepared.bytes };
             // The identity is the one on disk (at startup this watcher's own fields are still blank), so that a
             // base that does not land leaves the previous head recognisable.
             match self.load_own_state()? {
@@ -846,7 +861,13 @@ impl Watcher {
         };
         let prepared = object::prepare(&self.opts.name, meta, &header, &mut records)?;
         let pos = WalPosition::new(h, &batch.end);
-        self.save_state(Some(Pending { key: prepared.key_str.clone(), seq, chain: prepared.checksum, wal: pos }))?;
+        self.save_state(Some(Pending {
+            key: prepared.key_str.clone(),
+            seq,
+            chain: prepared.checksum,
+            wal: pos,
+            bytes: prepared.bytes,
+        }))?;
         let uploaded = prepared.put_shared(&self.storage, &header, &mut records)?;
         // Acknowledged: advance.
         self.inflight = None;

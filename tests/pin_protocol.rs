@@ -221,6 +221,7 @@ fn a_base_snapshot_that_landed_before_a_kill_is_adopted() {
             seq: after.seq,
             chain: after.chain,
             wal: after.wal.unwrap(),
+            bytes: 0,
         }),
         ..before
     };
@@ -258,6 +259,35 @@ fn a_base_snapshot_that_never_landed_leaves_the_previous_head_recognised() {
     w.tick(true).unwrap();
     drop(w);
     f.assert_restores_to_source();
+}
+
+/// walrust killed while a changeset's PUT was cut off right after its headers, on a store that keeps such a PUT as
+/// an empty object (SeaweedFS does, without the checksum header). The state names the changeset as pending and
+/// the remote head is that key: the next start must see from its size that it is not the upload landed, remove
+/// it, and send the changeset again, rather than adopt a corrupt link (restore would fail on it).
+#[test]
+fn a_pending_upload_the_store_kept_cut_off_is_sent_again() {
+    let mut faulty = None;
+    let f = Fixture::with_storage("cut-pending", |backup| {
+        let s = Arc::new(Faulty::new(LocalStorage::open(backup, true).unwrap()));
+        faulty = Some(s.clone());
+        s as StorageRef
+    });
+    let faulty = faulty.unwrap();
+    f.ship_one_and_shut_down();
+    let mut w = f.watcher(opts());
+    f.app.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
+    faulty.keep_cut_puts.store(1, std::sync::atomic::Ordering::SeqCst);
+    assert!(w.tick(true).is_err(), "the upload of 'two' was cut off");
+    drop(w); // killed there: no retry in this process
+    let head = walrust::remote::head(f.storage.as_ref(), "app").unwrap().unwrap();
+    assert_eq!(head.last.size, 0, "the store kept the cut-off changeset as the head");
+    let mut w = f.watcher(opts());
+    assert_eq!(w.stats.generations_started, 0, "the chain continues: the WAL still holds 'two'");
+    w.tick(true).unwrap();
+    drop(w);
+    let got = f.assert_restores_to_source();
+    assert_eq!(got.last().map(|r| r.1.as_str()), Some("two"));
 }
 
 /// Leaves the WAL as a writer killed between writing its transaction's frames and publishing them in the

@@ -1,5 +1,5 @@
 //! A storage wrapper that fails on command, for tests: writes refused (as if walrust were killed before an upload
-//! landed, or the bucket denied it) and bodies cut off in transit. Everything else passes through to the inner
+//! landed, or the bucket denied it), uploads kept cut off, and bodies cut off in transit. Everything else passes through to the inner
 //! storage. The fault-proxy (`scripts/fault-proxy`) does the same over HTTP for S3; this is the in-process form,
 //! for tests that need a fault at an exact step.
 
@@ -13,6 +13,10 @@ pub struct Faulty<S> {
     inner: S,
     /// While set, `put` and `put_if_absent` fail with `AccessDenied` and store nothing.
     pub refuse_writes: AtomicBool,
+    /// While non-zero, a `put_if_absent` stores an empty object under its key and fails in transit, counting
+    /// this down: a store that kept a PUT cut off right after its headers (what SeaweedFS does when the client
+    /// dies there).
+    pub keep_cut_puts: AtomicUsize,
     /// When non-zero, every body (`get` and `get_range`) breaks with a connection reset after this many bytes.
     pub cut_bodies_after: AtomicU64,
     /// GETs made so far, ranged or not.
@@ -24,6 +28,7 @@ impl<S: Storage> Faulty<S> {
         Faulty {
             inner,
             refuse_writes: AtomicBool::new(false),
+            keep_cut_puts: AtomicUsize::new(0),
             cut_bodies_after: AtomicU64::new(0),
             gets: AtomicUsize::new(0),
         }
@@ -64,6 +69,10 @@ impl<S: Storage> Storage for Faulty<S> {
     }
     fn put_if_absent(&self, key: &str, body: &mut dyn Read) -> Result<PutOutcome> {
         self.check_write()?;
+        if self.keep_cut_puts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            self.inner.put_if_absent(key, &mut io::empty())?;
+            return Err(StorageError::Transport { message: "cut by the test after the headers".into() });
+        }
         self.inner.put_if_absent(key, body)
     }
     fn get(&self, key: &str) -> Result<ObjectReader> {
