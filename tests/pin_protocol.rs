@@ -64,6 +64,17 @@ impl Fixture {
         Fixture { dir, db, app, storage }
     }
 
+    /// The fixture over a local backup behind [`Faulty`], and that wrapper, to fail on command.
+    fn faulty(tag: &str) -> (Fixture, Arc<Faulty<LocalStorage>>) {
+        let mut faulty = None;
+        let f = Fixture::with_storage(tag, |backup| {
+            let s = Arc::new(Faulty::new(LocalStorage::open(backup, true).unwrap()));
+            faulty = Some(s.clone());
+            s as StorageRef
+        });
+        (f, faulty.unwrap())
+    }
+
     fn watcher(&self, opts: WatchOptions) -> Watcher {
         Watcher::start(&self.db, self.storage.clone(), opts).unwrap()
     }
@@ -240,13 +251,7 @@ fn a_base_snapshot_that_landed_before_a_kill_is_adopted() {
 /// acknowledged head: the next start carries on from it instead of refusing the bucket as another writer's.
 #[test]
 fn a_base_snapshot_that_never_landed_leaves_the_previous_head_recognised() {
-    let mut refusing = None;
-    let f = Fixture::with_storage("base-lost", |backup| {
-        let s = Arc::new(Faulty::new(LocalStorage::open(backup, true).unwrap()));
-        refusing = Some(s.clone());
-        s as StorageRef
-    });
-    let refusing = refusing.unwrap();
+    let (f, refusing) = Fixture::faulty("base-lost");
     f.ship_one_and_shut_down();
     // While walrust is down the WAL restarts: the next start needs a new generation, whose base is refused.
     f.restart_wal_while_down("two", "three");
@@ -267,13 +272,7 @@ fn a_base_snapshot_that_never_landed_leaves_the_previous_head_recognised() {
 /// it, and send the changeset again, rather than adopt a corrupt link (restore would fail on it).
 #[test]
 fn a_pending_upload_the_store_kept_cut_off_is_sent_again() {
-    let mut faulty = None;
-    let f = Fixture::with_storage("cut-pending", |backup| {
-        let s = Arc::new(Faulty::new(LocalStorage::open(backup, true).unwrap()));
-        faulty = Some(s.clone());
-        s as StorageRef
-    });
-    let faulty = faulty.unwrap();
+    let (f, faulty) = Fixture::faulty("cut-pending");
     f.ship_one_and_shut_down();
     let mut w = f.watcher(opts());
     f.app.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
