@@ -37,7 +37,7 @@ pub fn base() -> i32 {
 }
 
 /// Runs the calling thread `by` levels below the process (0: at the process's priority). Best effort: a limit
-/// that refuses it leaves the thread where it was.
+/// that refuses it (raising a priority needs CAP_SYS_NICE or RLIMIT_NICE) leaves the thread where it was.
 pub fn lower_this_thread(by: u8) {
     let target = (base() + by as i32).min(19);
     // SAFETY: setpriority on the calling thread (who = 0) changes nothing but its scheduling weight.
@@ -46,7 +46,8 @@ pub fn lower_this_thread(by: u8) {
     }
 }
 
-/// Sets the upload workers' levels (before the first upload starts them).
+/// Sets the upload workers' levels: workers started later begin there, running ones move before their next job
+/// (moving up, to fewer levels, needs the privilege to raise a priority; without it they stay where they are).
 pub fn set_pool_nice(by: u8) {
     POOL_NICE.store(by, Ordering::Relaxed);
 }

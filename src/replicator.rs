@@ -52,6 +52,8 @@ const CONCURRENT_BEGINS: usize = 4;
 /// One database's thread.
 struct Running {
     name: String,
+    /// The settings the loop was started with (a reload compares them, see [`Replicator::options`]).
+    opts: WatchOptions,
     stop: Arc<AtomicBool>,
     flusher: Arc<Flusher>,
     handle: JoinHandle<Result<()>>,
@@ -213,6 +215,7 @@ impl Replicator {
         w.set_notified(notify.is_some());
         let stop = Arc::new(AtomicBool::new(false));
         let name = w.name().to_string();
+        let opts = w.options().clone();
         let path = w.db_path().to_path_buf();
         let thread_stop = Arc::clone(&stop);
         let (thread_flusher, thread_path, ended) = (Arc::clone(&flusher), path.clone(), Arc::clone(&self.ended));
@@ -233,7 +236,7 @@ impl Replicator {
                 r
             })
             .map_err(|e| Error::io("starting a replication thread", e))?;
-        self.lock().insert(path, Running { name, stop, flusher, handle, _notify: notify });
+        self.lock().insert(path, Running { name, opts, stop, flusher, handle, _notify: notify });
         Ok(())
     }
 
@@ -270,6 +273,11 @@ impl Replicator {
     /// The databases being replicated: (path, name).
     pub fn databases(&self) -> Vec<(PathBuf, String)> {
         self.lock().iter().map(|(p, r)| (p.clone(), r.name.clone())).collect()
+    }
+
+    /// The settings `db` is replicated with, if it is being replicated.
+    pub fn options(&self, db: impl AsRef<Path>) -> Option<WatchOptions> {
+        self.lock().get(db.as_ref()).map(|r| r.opts.clone())
     }
 
     /// Whether `db` is being replicated.

@@ -40,7 +40,8 @@ fn pool() -> &'static Pool {
 }
 
 fn work(rx: &Mutex<Receiver<Job>>) {
-    crate::priority::lower_this_thread(crate::priority::pool_nice());
+    let mut nice = crate::priority::pool_nice();
+    crate::priority::lower_this_thread(nice);
     loop {
         let job = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -48,6 +49,11 @@ fn work(rx: &Mutex<Receiver<Job>>) {
         };
         match job {
             Ok(job) => {
+                // A reload (SIGHUP) may have changed the levels since the last job.
+                if crate::priority::pool_nice() != nice {
+                    nice = crate::priority::pool_nice();
+                    crate::priority::lower_this_thread(nice);
+                }
                 job();
                 // The request's stack pages go back before waiting for the next one.
                 crate::stack::release_unused();

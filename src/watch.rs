@@ -55,7 +55,7 @@ const IDLE_WAIT: Duration = Duration::from_secs(5);
 const PUBLISH_WAIT: Duration = Duration::from_millis(2);
 
 /// Settings of one database's loop.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WatchOptions {
     /// Name of the database in the bucket.
     pub name: String,
@@ -1187,6 +1187,11 @@ impl Watcher {
     /// The database's name in the bucket.
     pub fn name(&self) -> &str {
         &self.opts.name
+    }
+
+    /// The settings this loop runs with.
+    pub fn options(&self) -> &WatchOptions {
+        &self.opts
     }
 }
 

@@ -102,6 +102,9 @@ fn exec_forwards_sigterm(dir: &Path, b: &Backend) {
 
 on_both_backends!(exec_exit_status_and_final_sync, exec_forwards_sigterm);
 
+/// Threads of a process: (name, nice value).
+type Threads = [(String, i32)];
+
 /// Nice value of each thread of process `pid`, with its name (from /proc/PID/task/TID/stat: the name is in
 /// parentheses, nice is the 19th field).
 fn thread_nice(pid: u32) -> Vec<(String, i32)> {
@@ -288,4 +291,74 @@ fn every_command_help_has_examples() {
         let examples = text.split("Examples:").nth(1).unwrap_or_else(|| panic!("{cmd} --help has no Examples"));
         assert!(examples.lines().any(|l| l.trim_start().starts_with(&format!("walrust {cmd}"))), "{cmd}: {text}");
     }
+}
+
+/// A SIGHUP applies changed settings to databases already being replicated, not only to added ones: the
+/// database's loop drains and starts again with them, continuing its chain (no new snapshot); the upload workers
+/// take the new levels before their next job. A reload that changes nothing restarts nothing.
+#[test]
+fn sighup_applies_changed_settings_to_running_databases() {
+    let dir = temp_dir("reload-settings");
+    let (db, _) = setup(&dir);
+    let b = Backend::file(&dir);
+    let cfg = dir.join("walrust.toml");
+    let write_cfg = |nice: u8, interval: &str| {
+        let text =
+            format!("[sync]\ninterval = \"{interval}\"\nnice = {nice}\n\n[[databases]]\npath = \"{}\"\n", db.display());
+        std::fs::write(&cfg, text).unwrap();
+    };
+    write_cfg(3, "100ms");
+    let log = dir.join("watch.log");
+    let mut w = command(walrust_bin())
+        .args(["watch", "--config", cfg.to_str().unwrap()])
+        .args(b.args())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let conn = app(&db);
+    let mut n = 0;
+    let mut write_until = |what: &str, done: &dyn Fn(&Threads) -> bool| {
+        let t = Instant::now();
+        loop {
+            conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {n}")]).unwrap();
+            n += 1;
+            let threads = thread_nice(w.id());
+            if done(&threads) {
+                return threads;
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(t.elapsed() < Duration::from_secs(30), "{what}: {threads:?}\n{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let main = |threads: &Threads| threads.iter().find(|(n, _)| n == "walrust").map(|t| t.1);
+    let at = |threads: &Threads, prefix: &str, below: i32| {
+        let base = main(threads).unwrap_or(-100);
+        threads.iter().filter(|(n, _)| n.starts_with(prefix)).map(|t| t.1).collect::<Vec<_>>().contains(&(base + below))
+            && threads.iter().filter(|(n, _)| n.starts_with("walrust-db-")).all(|t| t.1 == base + below)
+    };
+    write_until("started at nice 3", &|t| at(t, "walrust-upload", 3));
+
+    let restarts = || std::fs::read_to_string(&log).unwrap().matches("settings changed").count();
+    support::signal(&w, "-HUP"); // nothing changed
+    write_until("reloaded", &|_| std::fs::read_to_string(&log).unwrap().contains("configuration reloaded"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(restarts(), 0, "a reload that changes nothing restarts nothing");
+
+    write_cfg(7, "200ms");
+    support::signal(&w, "-HUP");
+    let threads = write_until("moved to nice 7", &|t| restarts() == 1 && at(t, "walrust-upload", 7));
+    let base = main(&threads).unwrap();
+    assert!(threads.iter().any(|(n, nice)| n == "walrust-db-app" && *nice == base + 7), "{threads:?}");
+
+    support::signal(&w, "-TERM");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(wait_exit(&mut w, 60), 0, "{text}");
+    let out = dir.join("restored.db");
+    restore_ok(&b, "app", &out, &[]);
+    assert_eq!(rows(&out), rows(&db), "nothing lost across the restart");
+    let snapshots = b.keys("app").iter().filter(|k| k.contains("-b-") || k.contains("-s-")).count();
+    assert_eq!(snapshots, 1, "the restart continued the chain: {:?}", b.keys("app"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -392,8 +392,8 @@ fn watch(r: Resolved) -> Result<i32> {
     };
 
     // The supervisor: this thread watches the databases' threads, picks up new files matching a glob, reloads
-    // the config on SIGHUP, drops databases that were deleted or removed from the config, and with --exec
-    // follows the application it started.
+    // the config on SIGHUP (restarting the databases whose settings changed), drops databases that were deleted
+    // or removed from the config, and with --exec follows the application it started.
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
         .map_err(|e| Error::io("installing the SIGHUP handler", e))?;
@@ -461,7 +461,7 @@ fn watch(r: Resolved) -> Result<i32> {
             break;
         }
         let reloading = reload.swap(false, Ordering::Relaxed);
-        if (fixed && given_up.is_empty()) || (!reloading && last_discovery.elapsed() < DISCOVERY_INTERVAL) {
+        if !reloading && ((fixed && given_up.is_empty()) || last_discovery.elapsed() < DISCOVERY_INTERVAL) {
             continue;
         }
         last_discovery = std::time::Instant::now();
@@ -481,6 +481,8 @@ fn watch(r: Resolved) -> Result<i32> {
                     }
                     cfg = c;
                     given_up.clear();
+                    let pool_nice = discovery.cli_sync.over(&cfg.sync).nice;
+                    crate::priority::set_pool_nice(pool_nice.unwrap_or(crate::priority::DEFAULT_NICE));
                     log::info("configuration reloaded (SIGHUP)");
                 }
                 Some(Err(e)) => log::warn(&format!("configuration not reloaded: {e}")),
@@ -509,13 +511,34 @@ fn watch(r: Resolved) -> Result<i32> {
                 None => {}
             }
         }
+        // Settings changed by a reload: the database's loop drains and starts again with them (it resumes its
+        // chain: a clean stop leaves the WAL position in the state file).
+        let mut restarted = std::collections::HashSet::new();
+        for (path, opts) in jobs.iter().filter(|_| reloading) {
+            let Some(running) = replicator.options(path) else { continue };
+            let mut wanted = opts.clone();
+            wanted.new_generation = running.new_generation; // a start-up flag, not a setting of the loop
+            if running == wanted {
+                continue;
+            }
+            match replicator.remove(path) {
+                Some(Ok(())) => {
+                    log::info(&format!("{}: settings changed; replication restarts with them", path.display()));
+                    restarted.insert(path.clone());
+                }
+                Some(Err(e)) => log::warn(&format!("{e}")),
+                None => {}
+            }
+        }
         // New files matching a glob (or entries added to the config).
         let names: std::collections::HashSet<String> = replicator.databases().into_iter().map(|(_, n)| n).collect();
-        for (path, opts) in jobs {
+        for (path, mut opts) in jobs {
             if replicator.contains(&path) || given_up.get(&path).is_some_and(|t| t.elapsed() < RETRY_FAILED) {
                 continue;
             }
-            if fixed && given_up.remove(&path).is_none() {
+            if restarted.remove(&path) {
+                opts.new_generation = false; // it was running: its chain is the one to continue
+            } else if fixed && given_up.remove(&path).is_none() {
                 continue; // a fixed database that ended on its own (deleted) is not looked for again
             }
             if names.contains(&opts.name) {
