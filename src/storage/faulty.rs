@@ -1,7 +1,7 @@
 //! A storage wrapper that fails on command, for tests: writes refused (as if walrust were killed before an upload
-//! landed, or the bucket denied it), uploads kept cut off, and bodies cut off in transit. Everything else passes through to the inner
-//! storage. The fault-proxy (`scripts/fault-proxy`) does the same over HTTP for S3; this is the in-process form,
-//! for tests that need a fault at an exact step.
+//! landed, or the bucket denied it), uploads kept cut off, and bodies cut off in transit. Everything else passes
+//! through to the inner storage. The fault-proxy (`scripts/fault-proxy`) does the same over HTTP for S3; this is
+//! the in-process form, for tests that need a fault at an exact step.
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
