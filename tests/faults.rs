@@ -423,8 +423,8 @@ fn read_back(s: &dyn walrust::storage::Storage, key_str: &str) -> walrust::Resul
 /// FIELD-NOTES: a client that dies mid-PUT. SeaweedFS keeps a PUT whose client closed right after the headers as
 /// an empty object under the key; the next watch then found the key taken (create-if-absent) and took the empty
 /// object for its own earlier upload, leaving a corrupt link in the chain. Two defences, both checked here: the
-/// PUT carries the body's SHA-256 (`x-amz-checksum-sha256`), so the store refuses a cut body instead of keeping
-/// it; and a key found taken by an object of another size is replaced (stores that ignore the checksum).
+/// PUT carries the body's `Content-MD5`, so the store refuses a cut body instead of keeping it; and a key found
+/// taken by an object of another size is replaced (for stores that ignore the header).
 #[test]
 fn a_put_cut_off_after_its_headers_leaves_nothing_and_a_damaged_object_is_replaced() {
     let Some(st) = setup("cut-put") else { return };

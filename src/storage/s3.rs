@@ -2,8 +2,8 @@
 //! signed too) and sent with one shared ureq agent (connection reuse, explicit timeouts, TLS verified against the
 //! webpki roots or AWS_CA_BUNDLE).
 //!
-//! - Bodies up to [`PART_SIZE`] go in one PUT, with their SHA-256 in `x-amz-checksum-sha256` (a body cut off in
-//!   transit is refused, not stored); larger ones stream through a multipart upload, one part in memory
+//! - Bodies up to [`PART_SIZE`] go in one PUT, with `Content-MD5` (a body cut off in transit is refused, not
+//!   stored); larger ones stream through a multipart upload, one part in memory
 //!   at a time, each part retried on its own. Create-if-absent sends `If-None-Match: *` on the PUT or on
 //!   CompleteMultipartUpload; a 412 is [`PutOutcome::AlreadyExists`].
 //! - Error bodies are parsed for `<Code>`; status and code decide the typed error (404 NoSuchKey is
@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use md5::Digest;
 use rusty_s3::actions::{
     CompleteMultipartUpload, CreateMultipartUpload, DeleteObjectsResponse, ListObjectsV2, ObjectIdentifier,
 };
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
-use sha2::Digest;
 
 use crate::semaphore::Semaphore;
 
@@ -261,11 +261,12 @@ impl S3Storage {
         let full = self.full_key(key);
         // The store checks the body against it: a PUT cut off in transit is refused instead of kept (SeaweedFS
         // keeps an empty object when the client dies right after the headers; Content-Length alone does not stop it).
-        let checksum = base64(&sha2::Sha256::digest(data));
+        // Content-MD5 rather than x-amz-checksum-sha256: every S3-compatible store knows it; B2 refuses the other.
+        let md5 = base64(&md5::Md5::digest(data));
         self.retry.run_with(Some(&self.breaker), || {
             let c = self.creds()?;
             let mut headers = if_none_match(if_absent);
-            headers.push(("x-amz-checksum-sha256", checksum.clone()));
+            headers.push(("content-md5", md5.clone()));
             let a = sign(self.bucket.put_object(c.as_deref(), &full), headers);
             let resp = self.send(Kind::Put, a, Body::Bytes(data), key, &[412])?;
             Ok(if resp.status().as_u16() == 412 { PutOutcome::AlreadyExists } else { PutOutcome::Created })
@@ -581,7 +582,7 @@ fn build_agent(https: bool, ca_bundle: Option<&std::ffi::OsStr>) -> Result<ureq:
     Ok(cfg.build().new_agent())
 }
 
-/// Standard base64 with padding (RFC 4648), for checksum headers.
+/// Standard base64 with padding (RFC 4648), for Content-MD5.
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
@@ -729,8 +730,9 @@ mod tests {
             assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
         }
         assert_eq!(base64(&[0xfb, 0xff, 0xfe]), "+//+");
-        // The checksum header of an empty body, as AWS documents it.
-        assert_eq!(base64(&sha2::Sha256::digest(b"")), "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
+        // Content-MD5 of an empty body and of RFC 1321's "abc".
+        assert_eq!(base64(&md5::Md5::digest(b"")), "1B2M2Y8AsgTpgAmY7PhCfg==");
+        assert_eq!(base64(&md5::Md5::digest(b"abc")), "kAFQmDzST7DWlj99KOF/cg==");
     }
 
     #[test]
