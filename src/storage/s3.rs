@@ -2,8 +2,8 @@
 //! signed too) and sent with one shared ureq agent (connection reuse, explicit timeouts, TLS verified against the
 //! webpki roots or AWS_CA_BUNDLE).
 //!
-//! - Bodies up to [`PART_SIZE`] go in one PUT, with `Content-MD5` (a body cut off in transit is refused, not
-//!   stored); larger ones stream through a multipart upload, one part in memory
+//! - Every PUT body goes with its `Content-MD5` (a body cut off in transit is refused, not stored). Bodies up to
+//!   [`PART_SIZE`] go in one PUT; larger ones stream through a multipart upload, one part in memory
 //!   at a time, each part retried on its own. Create-if-absent sends `If-None-Match: *` on the PUT or on
 //!   CompleteMultipartUpload; a 412 is [`PutOutcome::AlreadyExists`].
 //! - Error bodies are parsed for `<Code>`; status and code decide the typed error (404 NoSuchKey is
@@ -259,14 +259,11 @@ impl S3Storage {
 
     fn put_single(&self, key: &str, data: &[u8], if_absent: bool) -> Result<PutOutcome> {
         let full = self.full_key(key);
-        // The store checks the body against it: a PUT cut off in transit is refused instead of kept (SeaweedFS
-        // keeps an empty object when the client dies right after the headers; Content-Length alone does not stop it).
-        // Content-MD5 rather than x-amz-checksum-sha256: every S3-compatible store knows it; B2 refuses the other.
-        let md5 = base64(&md5::Md5::digest(data));
+        let md5 = content_md5(data);
         self.retry.run_with(Some(&self.breaker), || {
             let c = self.creds()?;
             let mut headers = if_none_match(if_absent);
-            headers.push(("content-md5", md5.clone()));
+            headers.push(md5.clone());
             let a = sign(self.bucket.put_object(c.as_deref(), &full), headers);
             let resp = self.send(Kind::Put, a, Body::Bytes(data), key, &[412])?;
             Ok(if resp.status().as_u16() == 412 { PutOutcome::AlreadyExists } else { PutOutcome::Created })
@@ -323,9 +320,10 @@ impl S3Storage {
                 .filter(|n| *n <= 10_000)
                 .ok_or_else(|| StorageError::Config(format!("{key}: object too large for a multipart upload")))?;
             let data = &buf[..len];
+            let md5 = content_md5(data);
             let etag = self.retry.run_with(Some(&self.breaker), || {
                 let c = self.creds()?;
-                let a = sign(self.bucket.upload_part(c.as_deref(), full, part_number, upload_id), Vec::new());
+                let a = sign(self.bucket.upload_part(c.as_deref(), full, part_number, upload_id), vec![md5.clone()]);
                 let resp = self.send(Kind::Put, a, Body::Bytes(data), key, &[])?;
                 resp.headers()
                     .get("etag")
@@ -580,6 +578,14 @@ fn build_agent(https: bool, ca_bundle: Option<&std::ffi::OsStr>) -> Result<ureq:
         }
     }
     Ok(cfg.build().new_agent())
+}
+
+/// The `Content-MD5` header of a body. The store checks the body against it, so a PUT cut off in transit is
+/// refused instead of kept (SeaweedFS keeps an empty object when the client dies right after the headers;
+/// Content-Length alone does not stop it). Content-MD5 rather than x-amz-checksum-sha256: every S3-compatible
+/// store knows it, and Backblaze B2 refuses the other.
+fn content_md5(body: &[u8]) -> (&'static str, String) {
+    ("content-md5", base64(&md5::Md5::digest(body)))
 }
 
 /// Standard base64 with padding (RFC 4648), for Content-MD5.
