@@ -521,13 +521,13 @@ fn watch(r: Resolved) -> Result<i32> {
             if running == wanted {
                 continue;
             }
-            match replicator.remove(path) {
-                Some(Ok(())) => {
-                    log::info(&format!("{}: settings changed; replication restarts with them", path.display()));
-                    restarted.insert(path.clone());
+            // A loop that ended in an error while draining starts again all the same (and fails again visibly).
+            if let Some(ended) = replicator.remove(path) {
+                if let Err(e) = ended {
+                    log::warn(&format!("{e}"));
                 }
-                Some(Err(e)) => log::warn(&format!("{e}")),
-                None => {}
+                log::info(&format!("{}: settings changed; replication restarts with them", path.display()));
+                restarted.insert(path.clone());
             }
         }
         // New files matching a glob (or entries added to the config).
