@@ -354,6 +354,9 @@ impl Watcher {
                 state.head_key = p.key;
                 state.wal = Some(p.wal);
                 state.db_stamp = None;
+                // On disk at once: a new generation's base records its pending key over the state file's
+                // identity, and if that base never lands the next start must still find this head as ours.
+                state.save(&self.state_path)?;
             }
         }
         if state.head_key != head.last.key_str {

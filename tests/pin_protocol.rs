@@ -247,6 +247,38 @@ fn a_base_snapshot_that_landed_before_a_kill_is_adopted() {
     f.assert_restores_to_source();
 }
 
+/// Two kills in a row (what the CI soak hit, exit 5): the first lands a changeset but not the state write; while
+/// walrust is down the WAL restarts; the next start adopts the landed changeset (pending == remote head), needs a
+/// new generation, and is killed before the base lands. The start after that must still recognise the remote
+/// head as its own: the adoption has to reach the state file before the base's pending record replaces it.
+#[test]
+fn an_adopted_changeset_is_remembered_when_the_next_base_never_lands() {
+    use walrust::state::{state_path, LocalState, Pending};
+    let (f, faulty) = Fixture::faulty("adopted-then-lost");
+    f.ship_one_and_shut_down();
+    let before = LocalState::load(&state_path(&f.db)).unwrap().unwrap();
+    {
+        let mut w = f.watcher(opts());
+        f.app.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap();
+        w.tick(true).unwrap();
+    }
+    let after = LocalState::load(&state_path(&f.db)).unwrap().unwrap();
+    assert_ne!(after.head_key, before.head_key, "'two' was shipped");
+    // The state file as a kill after the upload leaves it: the old head, 'two' pending.
+    let pending =
+        Pending { key: after.head_key, seq: after.seq, chain: after.chain, wal: after.wal.unwrap(), bytes: 0 };
+    LocalState { pending: Some(pending), ..before }.save(&state_path(&f.db)).unwrap();
+    f.restart_wal_while_down("three", "four");
+    faulty.refuse_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(Watcher::start(&f.db, f.storage.clone(), opts()).is_err(), "the new generation's base is refused");
+    faulty.refuse_writes.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut w = Watcher::start(&f.db, f.storage.clone(), opts()).expect("the remote head is still ours");
+    assert_eq!(w.stats.generations_started, 1);
+    w.tick(true).unwrap();
+    drop(w);
+    f.assert_restores_to_source();
+}
+
 /// A new generation whose base never lands (refused, or walrust killed first) leaves the state naming the last
 /// acknowledged head: the next start carries on from it instead of refusing the bucket as another writer's.
 #[test]
