@@ -381,9 +381,13 @@ fn a_database_that_could_not_start_is_shipped_by_the_drain_or_the_exit_says_so()
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 
-/// A small changeset object: its header, and a record source that emits it.
-fn tiny_object(seq: u64) -> (walrust::object::ObjectMeta, walrust::hadbp::Header, Vec<u8>) {
-    let commit_ms = 1_764_000_000_000 + seq; // fixed: the same seq gives the same key
+/// Calls `f` with a small changeset object (seq `seq`, two pages): its meta, header and record source. The same
+/// seq gives the same bytes, so the same key.
+fn with_tiny<T>(
+    seq: u64,
+    f: impl FnOnce(walrust::object::ObjectMeta, &walrust::hadbp::Header, &mut walrust::object::RecordSource<'_>) -> T,
+) -> T {
+    let commit_ms = 1_764_000_000_000 + seq;
     let meta = walrust::object::ObjectMeta { generation: 7, seq, commit_ms, kind: walrust::keys::Kind::Changeset };
     let header = walrust::hadbp::Header {
         version: walrust::hadbp::VERSION,
@@ -396,17 +400,16 @@ fn tiny_object(seq: u64) -> (walrust::object::ObjectMeta, walrust::hadbp::Header
         created_ms: commit_ms,
     };
     let page: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    (meta, header, page)
-}
-
-fn upload_tiny(s: &dyn walrust::storage::Storage, seq: u64) -> walrust::Result<walrust::object::Uploaded> {
-    let (meta, header, page) = tiny_object(seq);
     let mut records = |emit: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>| -> std::io::Result<()> {
         emit(walrust::hadbp::META_PAGE_ID, &walrust::hadbp::commit_record(2))?;
         emit(1, &page)?;
         emit(2, &page)
     };
-    walrust::object::upload(s, "app", meta, &header, &mut records)
+    f(meta, &header, &mut records)
+}
+
+fn upload_tiny(s: &dyn walrust::storage::Storage, seq: u64) -> walrust::Result<walrust::object::Uploaded> {
+    with_tiny(seq, |meta, header, records| walrust::object::upload(s, "app", meta, header, records))
 }
 
 /// Reads the object back through the verifying decoder: every record, the trailer and the SHA-256 in its key.
@@ -449,13 +452,9 @@ fn a_put_cut_off_after_its_headers_leaves_nothing_and_a_damaged_object_is_replac
     let local_dir = temp_dir("cut-put-local");
     let local = Backend::file(&local_dir).storage();
     for s in [&direct, &local] {
-        let (meta, header, page) = tiny_object(2);
-        let mut records = |emit: &mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>| -> std::io::Result<()> {
-            emit(walrust::hadbp::META_PAGE_ID, &walrust::hadbp::commit_record(2))?;
-            emit(1, &page)?;
-            emit(2, &page)
-        };
-        let key = walrust::object::prepare("app", meta, &header, &mut records).unwrap().key_str;
+        let key = with_tiny(2, |meta, header, records| walrust::object::prepare("app", meta, header, records))
+            .unwrap()
+            .key_str;
         s.put(&key, &mut &b""[..]).unwrap();
         assert!(read_back(&**s, &key).is_err(), "{}: the empty object is corrupt", s.describe());
         let again = upload_tiny(&**s, 2).unwrap();

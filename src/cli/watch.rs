@@ -218,6 +218,13 @@ impl Discovery {
     }
 
     /// Each path or glob with what it matches now, and the jobs. `warn_empty` logs globs that match nothing.
+    /// The upload workers' levels: `--nice` over `[sync] nice` (they serve every database, so per-database
+    /// settings do not apply to them).
+    fn set_pool_nice(&self, cfg: &config::Config) {
+        let nice = self.cli_sync.over(&cfg.sync).nice;
+        crate::priority::set_pool_nice(nice.unwrap_or(crate::priority::DEFAULT_NICE));
+    }
+
     pub fn jobs(&self, cfg: &config::Config, warn_empty: bool) -> Result<(Matches, Jobs)> {
         // (path, name, per-database sync settings from the file)
         let mut targets: Vec<(PathBuf, Option<String>, config::Sync)> = Vec::new();
@@ -308,8 +315,7 @@ fn watch(r: Resolved) -> Result<i32> {
     // The process's priority, read here before any worker thread lowers its own; the upload workers run at the
     // flag's or [sync]'s levels (they serve every database).
     crate::priority::base();
-    let pool_nice = discovery.cli_sync.over(&config.sync).nice;
-    crate::priority::set_pool_nice(pool_nice.unwrap_or(crate::priority::DEFAULT_NICE));
+    discovery.set_pool_nice(&config);
     let webhooks = match webhook_url {
         Some(url) => {
             let secret = std::env::var("WALRUST_WEBHOOK_SECRET").ok().filter(|s| !s.is_empty());
@@ -481,8 +487,7 @@ fn watch(r: Resolved) -> Result<i32> {
                     }
                     cfg = c;
                     given_up.clear();
-                    let pool_nice = discovery.cli_sync.over(&cfg.sync).nice;
-                    crate::priority::set_pool_nice(pool_nice.unwrap_or(crate::priority::DEFAULT_NICE));
+                    discovery.set_pool_nice(&cfg);
                     log::info("configuration reloaded (SIGHUP)");
                 }
                 Some(Err(e)) => log::warn(&format!("configuration not reloaded: {e}")),
