@@ -149,6 +149,9 @@ impl Replicator {
                     let _permit = gate.acquire();
                     w.begin()
                 };
+                // The start went deep (a snapshot, its upload); the loop waits with a shallow stack. Many
+                // databases starting together would otherwise each keep those pages until their first upload.
+                crate::stack::release_unused();
                 match begun {
                     Ok(()) => return Ok(w),
                     Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {

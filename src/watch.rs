@@ -1089,6 +1089,9 @@ impl Watcher {
                 // (a thousand databases' threads would otherwise each keep ~30 KiB of them).
                 crate::stack::release_unused();
             }
+            // The -shm pages go back too while it waits (32 KiB or more per database; the next look maps them
+            // again, ~3 µs).
+            self.pins.release_shared_memory();
             let wait = if self.awaiting_publish {
                 PUBLISH_WAIT.min(self.opts.check_interval)
             } else if self.notified && caught_up && self.last_activity.elapsed() >= HOT_PERIOD {
