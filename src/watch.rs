@@ -871,6 +871,9 @@ impl Watcher {
             wal: pos,
             bytes: prepared.bytes,
         }))?;
+        // The -shm pages go back before the wait for an upload worker too: with a thousand busy databases most
+        // loops are waiting here at any moment (up to 32 KiB each otherwise).
+        self.pins.release_shared_memory();
         let uploaded = prepared.put_shared(&self.storage, &header, &mut records)?;
         // Acknowledged: advance.
         self.inflight = None;
