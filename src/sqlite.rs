@@ -106,8 +106,11 @@ impl Pins {
         // PRAGMA journal_mode parses the schema, which a connection then keeps (kilobytes per table): the check
         // runs on a connection of its own, and the pins never parse it (see begin_read).
         let page_size = check_wal_mode(&open_conn(path)?, path)?;
-        let conn = pinned_conn(path)?;
-        Ok((Pins { path: path.to_path_buf(), conn, writer: None, write_locked: false }, page_size))
+        let pins = Pins { path: path.to_path_buf(), conn: pinned_conn(path)?, writer: None, write_locked: false };
+        // A watch opens every database before their loops begin, a few at a time: without this, each would
+        // keep the 32 KiB its first read mapped until then (32 MiB at a thousand databases, all at startup).
+        pins.release_shared_memory();
+        Ok((pins, page_size))
     }
 
     /// Moves the pin to the WAL's current end: a new connection begins a read transaction, then the old one
@@ -467,6 +470,8 @@ mod tests {
         app.execute_batch("COMMIT").unwrap();
         let (pins, _) = Pins::open(&db).unwrap();
         let shm = dir.join("a.db-shm");
+        // A new pin gives back what its first read mapped (a watch opens all its databases at startup).
+        assert_eq!(resident_kib(&shm), 0);
         let before = pins.wal_index().unwrap();
         assert!(resident_kib(&shm) >= 32, "mapped: {} KiB", resident_kib(&shm));
         assert!(pins.release_shared_memory() >= 64 * 1024);

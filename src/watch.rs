@@ -844,6 +844,10 @@ impl Watcher {
             None => now_ms(),
         };
         self.inflight = Some(Inflight { end: batch.end, commit_ms });
+        // The -shm pages go back before the changeset is encoded and uploaded (from the WAL file, not the
+        // wal-index): with a thousand busy databases on a busy machine, hundreds of loops are somewhere in here
+        // at any moment, waiting for a CPU or an upload worker (up to 32 KiB each otherwise).
+        self.pins.release_shared_memory();
         let seq = self.seq + 1;
         let pages: Vec<(u32, u64)> =
             batch.pages.iter().filter(|(p, _)| **p <= batch.db_size_pages).map(|(p, o)| (*p, *o)).collect();
@@ -879,9 +883,6 @@ impl Watcher {
             wal: pos,
             bytes: prepared.bytes,
         }))?;
-        // The -shm pages go back before the wait for an upload worker too: with a thousand busy databases most
-        // loops are waiting here at any moment (up to 32 KiB each otherwise).
-        self.pins.release_shared_memory();
         let uploaded = prepared.put_shared(&self.storage, &header, &mut records)?;
         // Acknowledged: advance.
         self.inflight = None;
