@@ -379,6 +379,19 @@ impl ObjectStream {
 
     /// Opens a listed object that a read-ahead thread is downloading (`crate::prefetch`); checked exactly like
     /// [`ObjectStream::open_entry`].
+    /// Opens `entry` through a fetch on a thread of `scope`, so that a body cut off in transit resumes with a
+    /// ranged GET (crate::prefetch); directly when no thread can be started.
+    pub fn open_resuming<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        storage: &'env dyn Storage,
+        entry: &crate::remote::Entry,
+    ) -> Result<ObjectStream> {
+        match crate::prefetch::Fetch::start(scope, storage, &entry.key_str, entry.size) {
+            Ok(f) => ObjectStream::from_fetch(entry, f),
+            Err(_) => ObjectStream::open_entry(storage, entry),
+        }
+    }
+
     pub fn from_fetch(entry: &crate::remote::Entry, fetch: crate::prefetch::Fetch<'_>) -> Result<ObjectStream> {
         let body = fetch.open().map_err(|e| get_error(&entry.key_str, e))?;
         ObjectStream::from_reader_sized(&entry.key, &entry.key_str, Box::new(body), Some(entry.size))
