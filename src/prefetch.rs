@@ -7,8 +7,8 @@
 //! per fetch, and the caller bounds how many fetches run at once. Nothing is verified here: the bytes go
 //! through the same `ObjectStream` checks (SHA-256 against the key, size against the listing) as a direct
 //! read. A body cut off in transit is resumed with a ranged GET from where it broke (objects are immutable and
-//! the SHA-256 covers the stitched bytes); a fetch that still fails is read again directly
-//! (`object::with_retries`).
+//! the SHA-256 covers the stitched bytes); a fetch that still fails is read again from its start
+//! (`object::with_retries`). `verify` reads each object through a fetch too, for the resumes.
 
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};

@@ -149,6 +149,9 @@ impl Replicator {
                     let _permit = gate.acquire();
                     w.begin()
                 };
+                // The start went deep (a snapshot, its upload); the loop waits with a shallow stack. Many
+                // databases starting together would otherwise each keep those pages until their first upload.
+                crate::stack::release_unused();
                 match begun {
                     Ok(()) => return Ok(w),
                     Err(e) if e.is_transient() && !stop.load(Ordering::Relaxed) => {
@@ -165,7 +168,7 @@ impl Replicator {
                         // first).
                         let (flusher, notified) = (w.flusher(), w.notified());
                         drop(w);
-                        w = Watcher::open(&db, Arc::clone(&storage), opts.clone())?;
+                        w = Box::new(Watcher::open(&db, Arc::clone(&storage), opts.clone())?);
                         w.set_flusher(flusher);
                         w.set_notified(notified);
                         if let Some(r) = &metrics {
@@ -201,7 +204,7 @@ impl Replicator {
     fn spawn_with(
         &self,
         mut w: Watcher,
-        first: impl FnOnce(Watcher, &AtomicBool) -> Result<Watcher> + Send + 'static,
+        first: impl FnOnce(Box<Watcher>, &AtomicBool) -> Result<Box<Watcher>> + Send + 'static,
     ) -> Result<()> {
         if let Some(r) = &self.metrics {
             w.set_metrics(Arc::clone(r));
@@ -220,12 +223,16 @@ impl Replicator {
         let thread_stop = Arc::clone(&stop);
         let (thread_flusher, thread_path, ended) = (Arc::clone(&flusher), path.clone(), Arc::clone(&self.ended));
         let nice = w.nice();
+        // The thread waits in `run` for as long as the database is watched, with everything above that frame
+        // resident: the watcher is boxed (std moves a thread's closure a few times on its way in) and the start
+        // runs in a frame of its own, so the frames above the wait stay small (see crate::stack).
+        let w = Box::new(w);
         let handle = std::thread::Builder::new()
             .name(format!("walrust-db-{name}"))
             .stack_size(256 * 1024)
             .spawn(move || {
                 crate::priority::lower_this_thread(nice);
-                let r = match first(w, &thread_stop) {
+                let r = match start(first, w, &thread_stop) {
                     Ok(mut w) => w.run(&thread_stop).map_err(|e| e.context(w.db_path().display())),
                     Err(e) => {
                         thread_flusher.stopped(Some(e.to_string()));
@@ -332,6 +339,16 @@ impl Drop for Replicator {
             }
         }
     }
+}
+
+/// Runs the rest of a watcher's start on its thread, in a frame that is gone by the time the loop waits.
+#[inline(never)]
+fn start(
+    first: impl FnOnce(Box<Watcher>, &AtomicBool) -> Result<Box<Watcher>>,
+    w: Box<Watcher>,
+    stop: &AtomicBool,
+) -> Result<Box<Watcher>> {
+    first(w, stop)
 }
 
 fn join(r: Running) -> Result<()> {

@@ -324,14 +324,14 @@ pub fn apply_with_progress(
                 ahead.push_back(Fetch::start(scope, storage, &next.key_str, next.size).ok());
             }
             let mut fetched = ahead.pop_front().flatten();
-            // An object whose read fails in transit is read again from its start, directly (it is immutable,
-            // and its pages land where they did the first time).
+            // An object whose read fails in transit (after its resumes) is read again from its start, resuming
+            // again (it is immutable, and its pages land where they did the first time).
             let one = crate::object::with_retries(&entry.key_str, || {
                 let prev = if i == 0 { None } else { Some((page_size, chain)) };
                 let mut report = |done: u64| progress(Progress { done_bytes: done_before + done, total_bytes });
                 let obj = match fetched.take() {
                     Some(f) => ObjectStream::from_fetch(entry, f)?,
-                    None => ObjectStream::open_entry(storage, entry)?,
+                    None => ObjectStream::open_resuming(scope, storage, entry)?,
                 };
                 apply_object(obj, entry, prev, &mut writer, path, &mut buf, &mut report)
             })?;

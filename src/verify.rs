@@ -73,15 +73,25 @@ fn snapshot_at(objs: &[Entry], seq: u64) -> bool {
 
 /// Decodes every object of one generation, checking hashes, headers against keys, and the chain.
 fn verify_generation(storage: &dyn Storage, objs: &[Entry], report: &mut Report) -> Result<()> {
+    std::thread::scope(|scope| verify_objects(scope, storage, objs, report))
+}
+
+fn verify_objects<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    storage: &'env dyn Storage,
+    objs: &[Entry],
+    report: &mut Report,
+) -> Result<()> {
     let mut buf = Vec::new();
     // Chain value after each changeset / base seq.
     let mut chain_at: std::collections::BTreeMap<u64, u64> = Default::default();
     let mut snapshots: Vec<(Entry, u64)> = Vec::new();
     let mut prev: Option<(u64, u64)> = None; // (seq, chain) of the last chain object
     for e in objs {
-        // A read that fails in transit is done again (objects are immutable); corruption fails every time.
+        // A body cut off in transit resumes where it broke, as in restore, and a read that still fails is done
+        // again (objects are immutable); corruption fails every time.
         let (h, checksum) = crate::object::with_retries(&e.key_str, || {
-            let mut obj = ObjectStream::open_entry(storage, e)?;
+            let mut obj = ObjectStream::open_resuming(scope, storage, e)?;
             let h = *obj.header();
             if h.seq != e.key.seq || h.created_ms != e.key.commit_ms {
                 return Err(Error::Corrupt(format!(

@@ -182,6 +182,14 @@ pub struct Watcher {
     pub stats: WatchStats,
 }
 
+/// What the loop does after an iteration.
+enum Next {
+    /// Wait this long for a change, a flush request or the stop.
+    Wait(Duration),
+    /// The iteration failed and will be retried after this long.
+    Backoff(Duration),
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Inflight {
     end: WalCursor,
@@ -836,6 +844,10 @@ impl Watcher {
             None => now_ms(),
         };
         self.inflight = Some(Inflight { end: batch.end, commit_ms });
+        // The -shm pages go back before the changeset is encoded and uploaded (from the WAL file, not the
+        // wal-index): with a thousand busy databases on a busy machine, hundreds of loops are somewhere in here
+        // at any moment, waiting for a CPU or an upload worker (up to 32 KiB each otherwise).
+        self.pins.release_shared_memory();
         let seq = self.seq + 1;
         let pages: Vec<(u32, u64)> =
             batch.pages.iter().filter(|(p, _)| **p <= batch.db_size_pages).map(|(p, o)| (*p, *o)).collect();
@@ -1038,79 +1050,97 @@ impl Watcher {
     fn run_loop(&mut self, stop: &AtomicBool) -> Result<()> {
         let mut failures: u32 = 0;
         while !stop.load(Ordering::Relaxed) {
-            // A flush asked for before this tick began is answered by it: the tick reads the WAL to its end.
-            let ticket = self.flusher.as_ref().map(|f| f.requested()).unwrap_or(0);
-            let flushing = self.flusher.as_ref().is_some_and(|f| f.done() < ticket);
-            let before = self.publish_key();
-            let r = self.tick(flushing);
-            if r.is_err() {
-                self.errors += 1;
-                self.dirty_since.get_or_insert_with(Instant::now);
-            }
-            // Numbers go out when something happened, and at least every second (the health check's "synced
-            // recently", the WAL size warning); an idle tick costs no more than a stat.
-            if r.is_err()
-                || before != self.publish_key()
-                || self.last_publish.is_none_or(|t| t.elapsed() >= IDLE_CHECK_INTERVAL)
-            {
-                self.publish();
-                self.last_publish = Some(Instant::now());
-            }
-            match r {
-                Ok(()) => {
-                    failures = 0;
-                    if let Some(f) = &self.flusher {
-                        f.shipped(ticket, self.durable());
-                    }
-                }
-                Err(e) if retryable(&e) => {
-                    failures += 1;
-                    log::warn(&format!("{}: {e} (will retry)", self.opts.name));
-                    if let Some(f) = &self.flusher {
-                        f.failed(&e.to_string());
-                    }
-                    if failures == FAILURES_BEFORE_WEBHOOK {
-                        if let Some(w) = &self.webhooks {
-                            w.notify("uploads_failing", &self.opts.name, &format!("{failures} attempts in a row: {e}"));
+            let next = self.iteration(&mut failures)?;
+            // It waits with a shallow stack (the iteration's frames are below this one): the pages a tick touched
+            // (an upload, or opening a connection to move the pin, ~8 KiB deep) go back (a thousand databases'
+            // threads would otherwise each keep ~30 KiB of them). One madvise, about a microsecond when nothing
+            // is resident below.
+            crate::stack::release_unused();
+            // The -shm pages go back too while it waits (32 KiB or more per database; the next look maps them
+            // again, ~3 µs).
+            self.pins.release_shared_memory();
+            match next {
+                Next::Backoff(d) => sleep_until(stop, d),
+                Next::Wait(wait) => match &self.flusher {
+                    Some(f) => {
+                        if f.wait_for_request(stop, wait) {
+                            self.last_activity = Instant::now();
                         }
                     }
-                    self.last_wal_stat = (u64::MAX, 0, 0);
-                    let backoff = Duration::from_millis((500u64 << failures.min(6)).min(30_000));
-                    sleep_until(stop, backoff);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            // Caught up and nothing happened for a while: with file change notifications, wait for one (or
-            // IDLE_WAIT); otherwise look again after the check interval.
-            let caught_up = self.last_wal_stat.0 != u64::MAX && self.inflight.is_none();
-            if caught_up && before != self.publish_key() {
-                // It shipped and will now wait with a shallow stack: the pages the upload touched go back
-                // (a thousand databases' threads would otherwise each keep ~30 KiB of them).
-                crate::stack::release_unused();
-            }
-            let wait = if self.awaiting_publish {
-                PUBLISH_WAIT.min(self.opts.check_interval)
-            } else if self.notified && caught_up && self.last_activity.elapsed() >= HOT_PERIOD {
-                IDLE_WAIT.max(self.opts.check_interval)
-            } else {
-                self.opts.check_interval
-            };
-            match &self.flusher {
-                Some(f) => {
-                    if f.wait_for_request(stop, wait) {
-                        self.last_activity = Instant::now();
-                    }
-                }
-                None => sleep_until(stop, self.opts.check_interval),
+                    None => sleep_until(stop, self.opts.check_interval),
+                },
             }
         }
+        self.last_tick()
+    }
+
+    /// Stopping: ships what is committed, then shuts down. Not inlined, for the same reason as `iteration`.
+    #[inline(never)]
+    fn last_tick(&mut self) -> Result<()> {
         let ticket = self.flusher.as_ref().map(|f| f.requested()).unwrap_or(0);
         self.tick(true)?;
         if let Some(f) = &self.flusher {
             f.shipped(ticket, self.durable());
         }
         self.shutdown()
+    }
+
+    /// One tick of the loop with its bookkeeping (numbers, flush answers, retries); says how long to wait next.
+    /// Never inlined into `run_loop`, so that the frame the loop waits in stays small: a thread's resident
+    /// stack is everything above the deepest frame it sleeps in.
+    #[inline(never)]
+    fn iteration(&mut self, failures: &mut u32) -> Result<Next> {
+        // A flush asked for before this tick began is answered by it: the tick reads the WAL to its end.
+        let ticket = self.flusher.as_ref().map(|f| f.requested()).unwrap_or(0);
+        let flushing = self.flusher.as_ref().is_some_and(|f| f.done() < ticket);
+        let before = self.publish_key();
+        let r = self.tick(flushing);
+        if r.is_err() {
+            self.errors += 1;
+            self.dirty_since.get_or_insert_with(Instant::now);
+        }
+        // Numbers go out when something happened, and at least every second (the health check's "synced
+        // recently", the WAL size warning); an idle tick costs no more than a stat.
+        if r.is_err()
+            || before != self.publish_key()
+            || self.last_publish.is_none_or(|t| t.elapsed() >= IDLE_CHECK_INTERVAL)
+        {
+            self.publish();
+            self.last_publish = Some(Instant::now());
+        }
+        match r {
+            Ok(()) => {
+                *failures = 0;
+                if let Some(f) = &self.flusher {
+                    f.shipped(ticket, self.durable());
+                }
+            }
+            Err(e) if retryable(&e) => {
+                *failures += 1;
+                log::warn(&format!("{}: {e} (will retry)", self.opts.name));
+                if let Some(f) = &self.flusher {
+                    f.failed(&e.to_string());
+                }
+                if *failures == FAILURES_BEFORE_WEBHOOK {
+                    if let Some(w) = &self.webhooks {
+                        w.notify("uploads_failing", &self.opts.name, &format!("{failures} attempts in a row: {e}"));
+                    }
+                }
+                self.last_wal_stat = (u64::MAX, 0, 0);
+                return Ok(Next::Backoff(Duration::from_millis((500u64 << (*failures).min(6)).min(30_000))));
+            }
+            Err(e) => return Err(e),
+        }
+        // Caught up and nothing happened for a while: with file change notifications, wait for one (or
+        // IDLE_WAIT); otherwise look again after the check interval.
+        let caught_up = self.last_wal_stat.0 != u64::MAX && self.inflight.is_none();
+        Ok(Next::Wait(if self.awaiting_publish {
+            PUBLISH_WAIT.min(self.opts.check_interval)
+        } else if self.notified && caught_up && self.last_activity.elapsed() >= HOT_PERIOD {
+            IDLE_WAIT.max(self.opts.check_interval)
+        } else {
+            self.opts.check_interval
+        }))
     }
 
     /// Lets other threads ask this loop (once `run` runs) to ship now and wait until it has (see `Flusher`).

@@ -364,3 +364,55 @@ fn sighup_applies_changed_settings_to_running_databases() {
     assert_eq!(snapshots, 1, "the restart continued the chain: {:?}", b.keys("app"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `watch` runs without glibc's per-thread malloc caches: it executes itself once more (same process id) with
+/// `glibc.malloc.tcache_count=0` added to `GLIBC_TUNABLES`. The `--exec` application still gets the caller's
+/// environment exactly as it was, and a caller's own tcache setting is left alone.
+#[test]
+fn watch_runs_without_malloc_thread_caches_and_the_application_keeps_the_callers_environment() {
+    let dir = temp_dir("tunables");
+    let (db, _) = setup(&dir);
+    let b = Backend::file(&dir);
+    let seen = dir.join("seen.txt");
+    let exec = format!(
+        "sh -c 'echo \"[${{GLIBC_TUNABLES-unset}}] [${{WALRUST_CALLERS_GLIBC_TUNABLES-unset}}]\" > {}.tmp && mv {0}.tmp {0} && exec sleep 60'",
+        seen.display()
+    );
+    let ours = "glibc.malloc.tcache_count=0";
+    for (callers, reexecuted) in
+        [(None, true), (Some("glibc.malloc.check=0"), true), (Some("glibc.malloc.tcache_count=3"), false)]
+    {
+        let _ = std::fs::remove_file(&seen);
+        let mut cmd = command(walrust_bin());
+        cmd.arg("watch").arg(&db).args(b.args()).args(["--interval", "100ms", "--exec", &exec]);
+        cmd.env_remove("WALRUST_CALLERS_GLIBC_TUNABLES");
+        match callers {
+            Some(v) => cmd.env("GLIBC_TUNABLES", v),
+            None => cmd.env_remove("GLIBC_TUNABLES"),
+        };
+        let mut w = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let t = Instant::now();
+        while !seen.exists() {
+            assert!(t.elapsed() < Duration::from_secs(30), "{callers:?}: the application did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The application's environment is the caller's, without walrust's marker.
+        let want = format!("[{}] [unset]\n", callers.unwrap_or("unset"));
+        assert_eq!(std::fs::read_to_string(&seen).unwrap(), want, "{callers:?}");
+        // walrust's own environment block, as the (re-)execution received it, under the same process id.
+        let environ = std::fs::read(format!("/proc/{}/environ", w.id())).unwrap();
+        let environ: Vec<String> =
+            environ.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        let marker = format!("WALRUST_CALLERS_GLIBC_TUNABLES={}", callers.unwrap_or(""));
+        assert_eq!(environ.contains(&marker), reexecuted, "{callers:?}: {environ:?}");
+        if callers.is_none() {
+            assert!(environ.contains(&format!("GLIBC_TUNABLES={ours}")), "{environ:?}");
+        }
+        // ps, top and pgrep still see "walrust".
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", w.id())).unwrap();
+        assert_eq!(comm.trim(), "walrust");
+        support::signal(&w, "-TERM");
+        wait_exit(&mut w, 60);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -272,13 +272,18 @@ fn truncated_and_reset_reads_are_retried_not_reported_corrupt() {
     args.extend(s.direct.args());
     ok(&walrust(&args.iter().map(String::as_str).collect::<Vec<_>>()));
     let want = digest(&db);
-    s.proxy.set(r#"{"truncate_rate": 0.3, "reset_rate": 0.2, "methods": ["GET"]}"#);
+    // Object reads only: a LIST is a request like any other (six attempts), and half of them failing would make
+    // this a test of that bound, not of cut-off bodies.
+    s.proxy.set(r#"{"truncate_rate": 0.3, "reset_rate": 0.2, "methods": ["GET"], "keys_only": true}"#);
     for _ in 0..3 {
         assert_eq!(try_restore(&s.dir, &s.via_proxy), Ok(want.clone()));
     }
+    // verify reads every object through a resuming fetch too, and a read that still fails again from its start.
     let mut v = vec!["verify".to_string(), "app".into()];
     v.extend(s.via_proxy.args());
-    ok(&walrust(&v.iter().map(String::as_str).collect::<Vec<_>>()));
+    for _ in 0..3 {
+        ok(&walrust(&v.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
     assert!(s.proxy.stat("truncated") + s.proxy.stat("resets") > 0.0, "faults were injected: {}", s.proxy.stats());
     let _ = std::fs::remove_dir_all(&s.dir);
 }
