@@ -124,6 +124,22 @@ impl Pins {
         Ok(())
     }
 
+    /// Closes every connection this process has on the database, then pins again on a fresh one. When no other
+    /// process has the database open either, the fresh connection is the first to map the wal-index, and SQLite
+    /// rebuilds it from the WAL file (recovery), exactly as for whoever opens the database next: a transaction
+    /// whose frames are complete in the WAL but were never published (its writer killed inside COMMIT) becomes
+    /// committed. Nothing holds the WAL between the close and the new pin: the caller must not assume continuity
+    /// across this call.
+    pub fn reopen(&mut self) -> Result<()> {
+        self.unlock_writes();
+        let none = Connection::open_in_memory().map_err(|e| Error::sqlite("opening an in-memory database", e))?;
+        let old = std::mem::replace(&mut self.conn, none);
+        end_read(&old);
+        drop(old);
+        self.conn = pinned_conn(&self.path)?;
+        Ok(())
+    }
+
     /// Takes SQLite's write lock so that no transaction commits until [`Pins::unlock_writes`]. Returns false
     /// when the application's writers kept it busy for [`WRITE_LOCK_TIMEOUT`] (try again later). Nothing is
     /// ever written through this connection.

@@ -1182,12 +1182,52 @@ impl Watcher {
     /// After the final sync: when the WAL holds nothing unshipped, record the database file's stamp so that the
     /// next start can follow one WAL restart that happens while walrust is not running (see decide_start).
     pub fn shutdown(&mut self) -> Result<()> {
+        self.ship_unpublished_commit()?;
         let r = self.pins.checkpoint()?;
         let header = self.read_header()?;
         if header == self.cycle && r.log_frames >= 0 && r.log_frames as u64 == self.cursor.frames as u64 {
             // Still pinned: nothing past the cursor can be backfilled before we exit.
             let stamp = FileStamp::of(&self.db_path).map_err(|e| Error::io(self.db_path.display().to_string(), e))?;
             self.save_state_with(None, Some(stamp))?;
+        }
+        Ok(())
+    }
+
+    /// A writer killed inside COMMIT, after its frames reached the WAL but before it published them in the
+    /// wal-index, leaves a transaction no live connection sees: the next writer overwrites it, unless every
+    /// connection closes first, in which case the next process to open the database recovers it from the WAL and
+    /// it is committed after all. walrust follows the wal-index, so when it is about to exit with such frames
+    /// after its cursor, it closes its connections and opens a fresh one: if no other process has the database
+    /// open, that connection runs SQLite's recovery, and the transaction is shipped; if one does, its next write
+    /// discards the frames, and shipping them would be wrong.
+    fn ship_unpublished_commit(&mut self) -> Result<()> {
+        let Some(h) = self.read_header()? else { return Ok(()) };
+        if self.cycle != Some(h) || self.committed_end(&h)? != self.cursor.frames {
+            return Ok(());
+        }
+        let after = wal::read_batch(&self.wal, &h, self.cursor, 1, u32::MAX)
+            .map_err(|e| Error::io(self.wal_path.display().to_string(), e))?;
+        if after.is_none() {
+            return Ok(());
+        }
+        log::info(&format!(
+            "{}: the WAL holds a transaction after frame {} that its writer never published (killed inside \
+             COMMIT); reopening the database, which recovers it if no other process has the database open",
+            self.opts.name, self.cursor.frames
+        ));
+        let shipped = (self.generation, self.seq);
+        self.pins.reopen()?;
+        // Nothing held the WAL for a moment: a restart in that gap is not followed (a new generation instead).
+        self.established = false;
+        self.sync(true)?;
+        // (A new generation logged its own reason.)
+        if self.generation == shipped.0 && self.seq != shipped.1 {
+            log::info(&format!("{}: recovered and shipped to seq {}", self.opts.name, self.seq));
+        } else if self.generation == shipped.0 {
+            log::info(&format!(
+                "{}: not recovered (another process has the database open; its next write discards it)",
+                self.opts.name
+            ));
         }
         Ok(())
     }

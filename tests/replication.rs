@@ -23,6 +23,7 @@ on_both_backends!(
     restore_if_missing_then_watch_continues_the_chain,
     watch_compacts_on_an_interval_while_it_ships,
     full_text_and_rtree_tables_replicate_and_restore,
+    a_commit_its_writer_never_published_is_shipped_when_sqlite_would_recover_it,
 );
 
 fn ok(out: &std::process::Output) -> String {
@@ -993,4 +994,102 @@ print(c.execute("SELECT count(*) FROM docs WHERE docs MATCH 'walrus AND ocean'")
     let want = python(SEARCH, &[&db]);
     assert_eq!(python(SEARCH, &[&out]), want);
     assert!(want.starts_with(|c: char| c.is_ascii_digit() && c != '0'), "{want}");
+}
+
+/// The seq walrust's state file says is shipped.
+fn shipped_seq(db: &Path) -> u64 {
+    let state = std::fs::read_to_string(db.with_extension("db-walrust")).unwrap_or_default();
+    let Some(at) = state.find("\"seq\":") else { return 0 };
+    state[at + 6..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap_or(0)
+}
+
+fn wait_shipped_past(db: &Path, seq: u64, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shipped_seq(db) <= seq {
+        assert!(Instant::now() < deadline, "nothing shipped past seq {seq}: {}", log_text(log));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Leaves in `db`'s WAL, after what SQLite has published, one more transaction that is complete in the WAL file
+/// but unknown to the wal-index: the state a writer SIGKILLed inside COMMIT leaves (after writing its frames,
+/// before publishing them). Made deterministically: a copy of the database, opened alone (so SQLite recovers
+/// its WAL), commits the transaction; its new frames are then written into `db`'s WAL at the same offset.
+/// Returns the rows the transaction inserts.
+fn leave_an_unpublished_commit(dir: &Path, db: &Path) -> i64 {
+    let twin_dir = dir.join("twin");
+    let _ = std::fs::remove_dir_all(&twin_dir);
+    std::fs::create_dir_all(&twin_dir).unwrap();
+    let twin = twin_dir.join("app.db");
+    std::fs::copy(db, &twin).unwrap();
+    std::fs::copy(db.with_extension("db-wal"), twin.with_extension("db-wal")).unwrap();
+    let before = std::fs::read(twin.with_extension("db-wal")).unwrap();
+    let c = rusqlite::Connection::open(&twin).unwrap();
+    c.execute_batch("BEGIN; CREATE TABLE IF NOT EXISTS ghost(id INTEGER PRIMARY KEY, b BLOB)").unwrap();
+    for i in 0..15 {
+        c.execute("INSERT INTO ghost(b) VALUES (randomblob(?1))", [if i % 5 == 0 { 40_000 } else { 100 }]).unwrap();
+    }
+    c.execute_batch("COMMIT").unwrap();
+    let after = std::fs::read(twin.with_extension("db-wal")).unwrap();
+    drop(c);
+    assert_eq!(before[..32], after[..32], "the copy appended to the same WAL cycle");
+    let page_size = u32::from_be_bytes(after[8..12].try_into().unwrap()) as usize;
+    let first_diff = before.iter().zip(&after).position(|(a, b)| a != b).unwrap_or(before.len());
+    let at = 32 + (first_diff - 32) / (page_size + 24) * (page_size + 24);
+    use std::os::unix::fs::FileExt;
+    let wal = std::fs::OpenOptions::new().write(true).open(db.with_extension("db-wal")).unwrap();
+    wal.write_all_at(&after[at..], at as u64).unwrap();
+    15
+}
+
+fn ghost_rows(db: &Path) -> Option<i64> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row("SELECT count(*) FROM ghost", [], |r| r.get(0)).ok()
+}
+
+/// Found by the soak (seed 1796324496): its final SIGKILL caught a writer inside COMMIT, the drain shipped all
+/// SQLite had published, and the first process to open the database afterwards recovered 15 more rows from the
+/// WAL. The drain must leave the backup equal to what that next opener sees, and must not ship the frames while
+/// another process has the database open (its next write overwrites them).
+fn a_commit_its_writer_never_published_is_shipped_when_sqlite_would_recover_it(dir: &Path, b: &Backend) {
+    let db = seed_db(dir);
+    let log = dir.join("watch.log");
+
+    // 1. The application is gone: the drain's fresh connection recovers the transaction and ships it.
+    let watch = spawn_watch(&db, b, &[], &log);
+    wait_shipped_past(&db, 0, &log);
+    let seq = shipped_seq(&db);
+    app(&db).execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES ('a')").unwrap();
+    wait_shipped_past(&db, seq, &log);
+    let n = leave_an_unpublished_commit(dir, &db);
+    assert_eq!(stop(watch, 30), 0, "{}", log_text(&log));
+    assert!(log_text(&log).contains("recovered and shipped"), "{}", log_text(&log));
+    assert_eq!(ghost_rows(&db), Some(n), "the next opener recovers the transaction");
+    assert_restores_to(dir, b, &db, "recovered");
+
+    // 2. The application still has the database open: the transaction is not committed for it, and not shipped.
+    let watch = spawn_watch(&db, b, &[], &log);
+    wait_shipped_past(&db, 0, &log);
+    let seq = shipped_seq(&db);
+    let application = app(&db);
+    application.execute_batch("DROP TABLE ghost; INSERT INTO t(v) VALUES ('b')").unwrap();
+    wait_shipped_past(&db, seq, &log);
+    leave_an_unpublished_commit(dir, &db);
+    assert_eq!(stop(watch, 30), 0, "{}", log_text(&log));
+    assert!(log_text(&log).contains("not recovered"), "{}", log_text(&log));
+    let ghost: i64 =
+        application.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'ghost'", [], |r| r.get(0)).unwrap();
+    assert_eq!(ghost, 0, "the application never sees the unpublished transaction");
+    let out = dir.join("restored-open.db");
+    restore_ok(b, "app", &out, &[]);
+    assert_eq!(ghost_rows(&out), None, "nor does the backup");
+    assert_eq!(rows(&out), vec![(1, "a".to_string()), (2, "b".to_string())]);
+    // Its next write overwrites those frames; a new watch ships it on the same chain.
+    application.execute_batch("INSERT INTO t(v) VALUES ('c')").unwrap();
+    let seq = shipped_seq(&db);
+    let watch = spawn_watch(&db, b, &[], &log);
+    wait_shipped_past(&db, seq, &log);
+    assert_eq!(stop(watch, 30), 0, "{}", log_text(&log));
+    drop(application);
+    assert_restores_to(dir, b, &db, "overwritten");
 }
