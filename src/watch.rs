@@ -49,7 +49,7 @@ const IDLE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// wal-index's nBackfill moves after a checkpoint's last write to the database file, and the application's
 /// TRUNCATE then waits for walrust to re-pin.
 const HOT_PERIOD: Duration = Duration::from_secs(3);
-const IDLE_WAIT: Duration = Duration::from_secs(5);
+const IDLE_WAIT: Duration = Duration::from_secs(15);
 /// A look that found the WAL written but nothing new published looks again this soon: the writer publishes
 /// right after writing (one notification for both).
 const PUBLISH_WAIT: Duration = Duration::from_millis(2);
@@ -1297,6 +1297,9 @@ struct FlushState {
     stopped: Option<Option<String>>,
     /// The database's files changed since the loop last waited (crate::notify).
     poked: bool,
+    /// Threads in `flush`, waiting for `done` to reach their ticket: only then does a shipped loop iteration
+    /// wake anyone (a thousand idle loops would otherwise make a futex call each per iteration).
+    flushing: u32,
 }
 
 impl crate::notify::Poke for Flusher {
@@ -1324,7 +1327,9 @@ impl Flusher {
         s.done = s.done.max(ticket);
         s.durable = Some(durable);
         s.last_error = None;
-        self.changed.notify_all();
+        if s.flushing > 0 {
+            self.changed.notify_all();
+        }
     }
 
     fn failed(&self, e: &str) {
@@ -1373,6 +1378,19 @@ impl Flusher {
         s.requested += 1;
         let ticket = s.requested;
         self.changed.notify_all();
+        s.flushing += 1;
+        let r = self.wait_done(s, ticket, end, timeout);
+        self.lock().flushing -= 1;
+        r
+    }
+
+    fn wait_done(
+        &self,
+        mut s: std::sync::MutexGuard<'_, FlushState>,
+        ticket: u64,
+        end: Instant,
+        timeout: Duration,
+    ) -> Result<Durable> {
         loop {
             if s.done >= ticket {
                 if let Some(d) = s.durable {
