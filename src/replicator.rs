@@ -58,7 +58,7 @@ struct Running {
     flusher: Arc<Flusher>,
     handle: JoinHandle<Result<()>>,
     /// File change notifications for the database, while it runs.
-    _notify: Option<crate::notify::Registration>,
+    _notify: Option<Arc<crate::notify::Registration>>,
 }
 
 /// A database whose loop ended on its own (see [`Replicator::reap`]).
@@ -214,8 +214,8 @@ impl Replicator {
         }
         let flusher = w.flusher();
         let poke: Arc<dyn crate::notify::Poke> = flusher.clone();
-        let notify = crate::notify::register(w.db_path(), Arc::downgrade(&poke));
-        w.set_notified(notify.is_some());
+        let notify = crate::notify::register(w.db_path(), Arc::downgrade(&poke)).map(Arc::new);
+        w.set_notified(notify.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let name = w.name().to_string();
         let opts = w.options().clone();

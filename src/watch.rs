@@ -135,7 +135,9 @@ pub struct Watcher {
     seen_index: Option<(u32, u32, u32, u32)>,
     last_publish: Option<Instant>,
     /// File change notifications reach this loop's flusher (crate::notify): idle, it can wait for them.
-    notified: bool,
+    notify: Option<Arc<crate::notify::Registration>>,
+    /// Whether this loop asked for write notifications (`Registration::set_waiting`): only while it waits for them.
+    waiting_for_writes: bool,
     /// When the WAL last changed or a notification came.
     last_activity: Instant,
     _lock: File,
@@ -247,7 +249,8 @@ impl Watcher {
             last_idle_check: Instant::now(),
             seen_index: None,
             last_publish: None,
-            notified: false,
+            notify: None,
+            waiting_for_writes: false,
             last_activity: Instant::now(),
             state_path,
             _lock: lock,
@@ -1134,9 +1137,20 @@ impl Watcher {
         // Caught up and nothing happened for a while: with file change notifications, wait for one (or
         // IDLE_WAIT); otherwise look again after the check interval.
         let caught_up = self.last_wal_stat.0 != u64::MAX && self.inflight.is_none();
+        let idle = caught_up && !self.awaiting_publish && self.last_activity.elapsed() >= HOT_PERIOD;
+        if let Some(n) = self.notify.as_ref().filter(|_| idle != self.waiting_for_writes) {
+            // Writes are reported only while the loop waits for them (each costs the writing application an
+            // event). Asked for now, they are reported from here on: one more look after the check interval
+            // sees whatever was written before, then the loop can wait.
+            n.set_waiting(idle);
+            self.waiting_for_writes = idle;
+            if idle {
+                return Ok(Next::Wait(self.opts.check_interval));
+            }
+        }
         Ok(Next::Wait(if self.awaiting_publish {
             PUBLISH_WAIT.min(self.opts.check_interval)
-        } else if self.notified && caught_up && self.last_activity.elapsed() >= HOT_PERIOD {
+        } else if self.waiting_for_writes {
             IDLE_WAIT.max(self.opts.check_interval)
         } else {
             self.opts.check_interval
@@ -1156,13 +1170,17 @@ impl Watcher {
 
     /// Tells the loop that changes of the database's files wake it (crate::notify), so that an idle database
     /// need not look every check interval.
-    pub fn set_notified(&mut self, on: bool) {
-        self.notified = on;
+    pub fn set_notified(&mut self, r: Option<Arc<crate::notify::Registration>>) {
+        if let Some(old) = self.notify.as_ref().filter(|_| self.waiting_for_writes) {
+            old.set_waiting(false);
+        }
+        self.waiting_for_writes = false;
+        self.notify = r;
     }
 
     /// See [`Watcher::set_notified`].
-    pub fn notified(&self) -> bool {
-        self.notified
+    pub fn notified(&self) -> Option<Arc<crate::notify::Registration>> {
+        self.notify.clone()
     }
 
     /// Uses `f` (from an earlier watcher of the same database) for [`Watcher::flusher`], so that flushes asked

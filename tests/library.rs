@@ -132,7 +132,7 @@ fn flush_fails_fast_when_replication_stopped(dir: &Path, b: &Backend) {
 }
 
 /// An idle database's loop sleeps until its files change (inotify) instead of looking every check interval; a
-/// commit after a quiet period is still shipped at once, not at the next idle look (5 s later).
+/// commit after a quiet period is still shipped at once, not at the next idle look (15 s later).
 fn a_commit_after_a_quiet_period_is_shipped_at_once(dir: &Path, b: &Backend) {
     let db = dir.join("q.db");
     let c = app(&db);
