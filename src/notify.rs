@@ -51,8 +51,13 @@ type Targets = Vec<(u64, Weak<dyn Poke>, bool)>;
 struct Dir {
     /// Database file name -> its registrations.
     dbs: HashMap<OsString, Targets>,
-    /// Registrations here waiting for writes: the watch includes `IN_MODIFY` while this is above zero.
-    waiting: usize,
+}
+
+impl Dir {
+    /// Whether a registration here waits for writes: then the watch includes `IN_MODIFY`.
+    fn waiting(&self) -> bool {
+        self.dbs.values().flatten().any(|(_, _, waiting)| *waiting)
+    }
 }
 
 /// What a directory's watch always reports; `IN_MODIFY` is added while a loop there waits (see the module doc).
@@ -63,13 +68,19 @@ const BASE_MASK: u32 = libc::IN_CREATE
     | libc::IN_CLOSE_WRITE
     | libc::IN_ATTRIB;
 
-/// Sets the watch of `dir` (descriptor `wd`) to `mask`. The kernel keeps one watch per directory and instance, so
-/// this replaces the mask; a path that now names another directory (replaced since) gets no new watch.
-fn set_mask(fd: i32, dir: &Path, wd: i32, mask: u32) {
-    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else { return };
+/// `inotify_add_watch`: the directory's watch descriptor, or None. The kernel keeps one watch per directory and
+/// instance, so for a watched directory this replaces the mask and returns the same descriptor.
+fn add_watch(fd: i32, dir: &Path, mask: u32) -> Option<i32> {
+    let c = CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: valid NUL-terminated path, our own descriptor.
-    let got = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) };
-    if got >= 0 && got != wd {
+    let wd = unsafe { libc::inotify_add_watch(fd, c.as_ptr(), mask) };
+    (wd >= 0).then_some(wd)
+}
+
+/// Sets the watch of `dir` (descriptor `wd`) to `mask`; a path that now names another directory (replaced since)
+/// gets no new watch.
+fn set_mask(fd: i32, dir: &Path, wd: i32, mask: u32) {
+    if let Some(got) = add_watch(fd, dir, mask).filter(|got| *got != wd) {
         // SAFETY: plain syscall on a watch just created on our own descriptor.
         unsafe { libc::inotify_rm_watch(fd, got) };
     }
@@ -118,14 +129,9 @@ pub fn register(db: &Path, target: Weak<dyn Poke>) -> Option<Registration> {
     let wd = match st.by_path.get(&dir) {
         Some(wd) => *wd,
         None => {
-            let c = CString::new(dir.as_os_str().as_bytes()).ok()?;
-            // SAFETY: valid NUL-terminated path, fd owned by `shared`.
-            let wd = unsafe { libc::inotify_add_watch(shared.fd, c.as_ptr(), BASE_MASK) };
-            if wd < 0 {
-                return None;
-            }
+            let wd = add_watch(shared.fd, &dir, BASE_MASK)?;
             st.by_path.insert(dir.clone(), wd);
-            st.dirs.insert(wd, Dir { dbs: HashMap::new(), waiting: 0 });
+            st.dirs.insert(wd, Dir { dbs: HashMap::new() });
             wd
         }
     };
@@ -144,17 +150,13 @@ impl Registration {
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(&wd) = st.by_path.get(&self.dir) else { return };
         let Some(d) = st.dirs.get_mut(&wd) else { return };
+        let before = d.waiting();
         let Some(r) = d.dbs.get_mut(&self.name).and_then(|v| v.iter_mut().find(|(id, _, _)| *id == self.id)) else {
             return;
         };
-        if r.2 == on {
-            return;
-        }
         r.2 = on;
-        let before = d.waiting;
-        d.waiting = if on { d.waiting + 1 } else { d.waiting.saturating_sub(1) };
-        if (before == 0) != (d.waiting == 0) {
-            let mask = if d.waiting > 0 { BASE_MASK | libc::IN_MODIFY } else { BASE_MASK };
+        if d.waiting() != before {
+            let mask = if before { BASE_MASK } else { BASE_MASK | libc::IN_MODIFY };
             set_mask(self.shared.fd, &self.dir, wd, mask);
         }
     }
@@ -264,6 +266,14 @@ mod tests {
         }
     }
 
+    /// An empty directory of the system's temp dir for one test.
+    fn fresh_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("walrust-notify-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     fn wait_for(c: &Count, at_least: usize) -> bool {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(5) {
@@ -277,9 +287,7 @@ mod tests {
 
     #[test]
     fn a_write_to_the_wal_pokes_its_database_only() {
-        let dir = std::env::temp_dir().join(format!("walrust-notify-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("pokes");
         let (a, b) = (Arc::new(Count(AtomicUsize::new(0))), Arc::new(Count(AtomicUsize::new(0))));
         let (wa, wb): (Arc<dyn Poke>, Arc<dyn Poke>) = (a.clone(), b.clone());
         let ra = register(&dir.join("a.db"), Arc::downgrade(&wa)).expect("inotify on Linux");
@@ -318,9 +326,7 @@ mod tests {
 
     #[test]
     fn writes_are_reported_only_while_a_loop_waits_for_them() {
-        let dir = std::env::temp_dir().join(format!("walrust-notify-wait-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("wait");
         let (d, e) = (Arc::new(Count(AtomicUsize::new(0))), Arc::new(Count(AtomicUsize::new(0))));
         let (wd, we): (Arc<dyn Poke>, Arc<dyn Poke>) = (d.clone(), e.clone());
         let rd = register(&dir.join("d.db"), Arc::downgrade(&wd)).expect("inotify on Linux");
@@ -355,9 +361,7 @@ mod tests {
     #[test]
     fn a_burst_of_writes_costs_a_few_wakeups_not_one_per_write() {
         use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("walrust-notify-burst-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("burst");
         let c = Arc::new(Count(AtomicUsize::new(0)));
         let w: Arc<dyn Poke> = c.clone();
         let r = register(&dir.join("c.db"), Arc::downgrade(&w)).expect("inotify on Linux");
