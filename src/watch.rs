@@ -215,6 +215,22 @@ enum Start {
     NewGeneration { reason: String, after: Option<remote::Head> },
 }
 
+/// The WAL as SQLite has committed it (see [`Watcher::committed_view`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WalView {
+    /// No valid WAL header: nothing is committed past the database file.
+    Empty,
+    /// The cycle the header heads and how many of its frames are committed (the wal-index's mxFrame).
+    Cycle(WalHeader, u32),
+    /// The wal-index already describes the next cycle, with nothing committed in it yet, while the file still
+    /// has the old header: a writer is restarting the WAL (it publishes the new cycle in the index before it
+    /// writes the new header), or was killed doing so. Every frame of the old cycle is in the database file.
+    Restarting(WalHeader),
+}
+
+/// How long [`Watcher::committed_view`] waits for a writer that is restarting the WAL to write its new header.
+const RESTART_SETTLE: Duration = Duration::from_millis(500);
+
 impl Watcher {
     /// Opens the database, reads the remote head, and either resumes the chain (continuity proven) or starts a
     /// new generation with a base snapshot.
@@ -381,11 +397,17 @@ impl Watcher {
             )));
         }
         // The remote head is ours. Can the WAL prove that nothing was missed since?
-        let header = wal::read_header(&self.wal).map_err(|e| Error::io(self.wal_path.display().to_string(), e))?;
+        let (header, end) = match self.committed_view()? {
+            WalView::Empty => (None, 0),
+            WalView::Cycle(h, end) => (Some(h), end),
+            // Restarted after everything in the WAL was backfilled: as a truncated WAL, only the database
+            // file's stamp can vouch that nothing unshipped was among it.
+            WalView::Restarting(_) => (None, 0),
+        };
         match (&state.wal, &state.db_stamp, header) {
             (Some(pos), _, Some(h)) if pos.same_cycle(&h) => {
                 // Frames past the wal-index's end are not committed (wal::WalIndex), even if valid.
-                let at = match pos.frames <= self.committed_end(&h)? {
+                let at = match pos.frames <= end {
                     true => wal::cursor_at(&self.wal, &h, pos.frames)
                         .map_err(|e| Error::io(self.wal_path.display().to_string(), e))?,
                     false => None,
@@ -486,6 +508,32 @@ impl Watcher {
     fn committed_end(&self, h: &WalHeader) -> Result<u32> {
         let ix = self.pins.wal_index()?;
         Ok(if ix.describes(h) { ix.mx_frame } else { 0 })
+    }
+
+    /// The WAL header together with how many of its frames are committed, read so that the two agree. A writer
+    /// restarting the WAL publishes the next cycle in the wal-index first and writes the new header to the file
+    /// with its first frame; a header read in between is the old cycle's, whose committed end the index no longer
+    /// tells. Read that way, a resuming start would find the frames it shipped gone and a running loop would find
+    /// its cursor past the committed end, and both would start a new generation for nothing. So a disagreement
+    /// is read again (for up to [`RESTART_SETTLE`]) before it is reported as [`WalView::Restarting`].
+    fn committed_view(&self) -> Result<WalView> {
+        let since = Instant::now();
+        loop {
+            let Some(h) = self.read_header()? else { return Ok(WalView::Empty) };
+            let ix = self.pins.wal_index()?;
+            if ix.describes(&h) {
+                return Ok(WalView::Cycle(h, ix.mx_frame));
+            }
+            if self.read_header()? != Some(h) {
+                continue; // the new header was written meanwhile: read both again
+            }
+            if since.elapsed() >= RESTART_SETTLE {
+                // An index of another cycle with frames committed under a header the file does not have is not
+                // a restart (the file replaced underneath?): nothing of this header's cycle is vouched for.
+                return Ok(if ix.mx_frame == 0 { WalView::Restarting(h) } else { WalView::Cycle(h, 0) });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// The committed state at the end of the current WAL cycle: which pages come from the WAL.
@@ -742,11 +790,18 @@ impl Watcher {
     /// Reads and ships everything committed after the cursor.
     pub fn sync(&mut self, _force: bool) -> Result<()> {
         loop {
-            let before = self.read_header()?;
-            let Some(h) = before else {
-                // Empty or zeroed WAL (e.g. truncated by a checkpoint): nothing to read until a writer writes.
-                self.established = true;
-                return Ok(());
+            let (h, end) = match self.committed_view()? {
+                WalView::Empty => {
+                    // Empty or zeroed WAL (e.g. truncated by a checkpoint): nothing to read until a writer writes.
+                    self.established = true;
+                    return Ok(());
+                }
+                WalView::Cycle(h, end) => (h, end),
+                // Held since the last complete read, the pin let the restart happen only with everything in the
+                // WAL shipped (follow_restart): the writer's new header is followed when it is written.
+                WalView::Restarting(h) if self.established && self.cycle == Some(h) => return Ok(()),
+                // Otherwise nothing vouches for the old cycle's frames after the cursor (a new generation below).
+                WalView::Restarting(h) => (h, 0),
             };
             if self.cycle != Some(h) && !self.follow_restart(&h)? {
                 return Ok(()); // a new generation was started
@@ -755,7 +810,6 @@ impl Watcher {
                 Some(f) => f.end.frames.saturating_sub(self.cursor.frames).max(1),
                 None => self.opts.batch_frames_max,
             };
-            let end = self.committed_end(&h)?;
             let batch = wal::read_batch(&self.wal, &h, self.cursor, max_frames, end)
                 .map_err(|e| Error::io(self.wal_path.display().to_string(), e))?;
             let after = self.read_header()?;

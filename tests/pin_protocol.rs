@@ -458,3 +458,100 @@ fn a_transaction_seen_only_in_the_wal_index_is_shipped() {
     // The transaction the wal-index published was shipped.
     f.assert_restores_to_source();
 }
+
+/// The state a writer restarting the WAL passes through: SQLite publishes the new cycle in the wal-index
+/// (nothing committed in it yet) before it writes the new header to the WAL file. Built exactly: the restarting
+/// write is done, then the old header is put back in the file and the index's end set to 0, and a thread puts
+/// the real bytes back after `settle`, as the writer would once it ran again.
+struct RestartInProgress {
+    wal: PathBuf,
+    shm: PathBuf,
+    header: Vec<u8>,
+    index: Vec<u8>,
+}
+
+impl RestartInProgress {
+    /// `old_header`: the WAL file's first 32 bytes before the restarting write.
+    fn forge(db: &Path, old_header: &[u8]) -> RestartInProgress {
+        use std::os::unix::fs::FileExt;
+        let wal = PathBuf::from(format!("{}-wal", db.display()));
+        let shm = PathBuf::from(format!("{}-shm", db.display()));
+        let header = std::fs::read(&wal).unwrap()[..32].to_vec();
+        let index = std::fs::read(&shm).unwrap()[..96].to_vec();
+        assert_ne!(header[16..24], old_header[16..24], "the write restarted the WAL (new salts)");
+        // The index's two header copies with mxFrame = 0, checksums recomputed (native byte order, as mapped).
+        let mut copy = index[..48].to_vec();
+        copy[16..20].copy_from_slice(&0u32.to_ne_bytes());
+        let sum = walrust::wal::checksum(cfg!(target_endian = "big"), &copy[..40], [0, 0]);
+        copy[40..44].copy_from_slice(&sum[0].to_ne_bytes());
+        copy[44..48].copy_from_slice(&sum[1].to_ne_bytes());
+        let shm_file = std::fs::File::options().write(true).open(&shm).unwrap();
+        shm_file.write_all_at(&[copy.clone(), copy].concat(), 0).unwrap();
+        std::fs::File::options().write(true).open(&wal).unwrap().write_all_at(old_header, 0).unwrap();
+        RestartInProgress { wal, shm, header, index }
+    }
+
+    /// The writer goes on after `settle`: the new header reaches the file, then its commit the index.
+    fn finish_after(self, settle: std::time::Duration) -> std::thread::JoinHandle<()> {
+        use std::os::unix::fs::FileExt;
+        std::thread::spawn(move || {
+            std::thread::sleep(settle);
+            std::fs::File::options().write(true).open(&self.wal).unwrap().write_all_at(&self.header, 0).unwrap();
+            std::fs::File::options().write(true).open(&self.shm).unwrap().write_all_at(&self.index, 0).unwrap();
+        })
+    }
+}
+
+/// A start that reads the WAL while the application is restarting it (the index already on the new cycle, the
+/// file's header still the old one) resumes the chain: the clean shutdown's stamp vouches for the restart. Read
+/// as a WAL that lost the frames last shipped, it started a new generation for nothing (a CI failure of
+/// `sighup_applies_changed_settings_to_running_databases` under load).
+#[test]
+fn a_start_during_the_applications_wal_restart_resumes_the_chain() {
+    let f = Fixture::new("restarting-start");
+    f.ship_one_and_shut_down();
+    let old = std::fs::read(f.dir.join("app.db-wal")).unwrap()[..32].to_vec();
+    f.app.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap(); // restarts the WAL
+    let writer = RestartInProgress::forge(&f.db, &old).finish_after(std::time::Duration::from_millis(150));
+    let mut w = f.watcher(opts());
+    writer.join().unwrap();
+    assert_eq!(w.stats.generations_started, 0, "resumed, no new generation");
+    w.tick(true).unwrap();
+    assert_eq!(w.stats.generations_started, 0);
+    drop(w);
+    f.assert_restores_to_source();
+}
+
+/// The same moment seen by a running loop whose pin let the restart happen: the old cycle was all shipped, so
+/// the loop waits for the new header and follows it, rather than take its cursor for past the committed end.
+#[test]
+fn a_loop_that_looks_during_a_wal_restart_follows_it() {
+    let f = Fixture::new("restarting-loop");
+    let a = &f.app;
+    let mut w = f.watcher(opts());
+    for round in 0..5 {
+        a.execute("INSERT INTO t(v) VALUES (?1)", [format!("r{round}")]).unwrap();
+        w.tick(true).unwrap(); // shipped and checkpointed: the pin sits on read mark 0
+        let old = std::fs::read(f.dir.join("app.db-wal")).unwrap()[..32].to_vec();
+        a.execute("INSERT INTO t(v) VALUES (?1)", [format!("s{round}")]).unwrap(); // restarts the WAL
+        let writer = RestartInProgress::forge(&f.db, &old).finish_after(std::time::Duration::from_millis(100));
+        w.tick(true).unwrap();
+        writer.join().unwrap();
+        w.tick(true).unwrap();
+    }
+    // A writer killed in that moment never finishes the restart: its transaction did not happen, and the next
+    // write (which writes the new header) is followed.
+    a.execute("INSERT INTO t(v) VALUES ('r5')", []).unwrap();
+    w.tick(true).unwrap();
+    let old = std::fs::read(f.dir.join("app.db-wal")).unwrap()[..32].to_vec();
+    a.execute("INSERT INTO t(v) VALUES ('never committed')", []).unwrap();
+    drop(RestartInProgress::forge(&f.db, &old));
+    w.tick(true).unwrap();
+    a.execute("INSERT INTO t(v) VALUES ('after the killed writer')", []).unwrap();
+    w.tick(true).unwrap();
+    assert_eq!(w.stats.generations_started, 1, "every restart was followed");
+    drop(w);
+    let restored = f.assert_restores_to_source();
+    assert_eq!(restored.len(), 13);
+    assert!(restored.iter().all(|r| r.1 != "never committed"));
+}
