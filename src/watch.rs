@@ -524,15 +524,19 @@ impl Watcher {
             if ix.describes(&h) {
                 return Ok(WalView::Cycle(h, ix.mx_frame));
             }
-            if self.read_header()? != Some(h) {
-                continue; // the new header was written meanwhile: read both again
-            }
+            // Changed meanwhile: the new header was written, read both again.
+            let settled = self.read_header()? == Some(h);
             if since.elapsed() >= RESTART_SETTLE {
                 // An index of another cycle with frames committed under a header the file does not have is not
                 // a restart (the file replaced underneath?): nothing of this header's cycle is vouched for.
-                return Ok(if ix.mx_frame == 0 { WalView::Restarting(h) } else { WalView::Cycle(h, 0) });
+                return Ok(match settled && ix.mx_frame == 0 {
+                    true => WalView::Restarting(h),
+                    false => WalView::Cycle(h, 0),
+                });
             }
-            std::thread::sleep(Duration::from_millis(1));
+            if settled {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
