@@ -398,11 +398,10 @@ impl Watcher {
         }
         // The remote head is ours. Can the WAL prove that nothing was missed since?
         let (header, end) = match self.committed_view()? {
-            WalView::Empty => (None, 0),
             WalView::Cycle(h, end) => (Some(h), end),
-            // Restarted after everything in the WAL was backfilled: as a truncated WAL, only the database
-            // file's stamp can vouch that nothing unshipped was among it.
-            WalView::Restarting(_) => (None, 0),
+            // A restart in progress comes after everything in the WAL was backfilled: as with a truncated WAL,
+            // only the database file's stamp can vouch that nothing unshipped was among it.
+            WalView::Empty | WalView::Restarting(_) => (None, 0),
         };
         match (&state.wal, &state.db_stamp, header) {
             (Some(pos), _, Some(h)) if pos.same_cycle(&h) => {

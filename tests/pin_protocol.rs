@@ -470,13 +470,18 @@ struct RestartInProgress {
     index: Vec<u8>,
 }
 
+/// The WAL file's header (its first 32 bytes).
+fn wal_header(db: &Path) -> Vec<u8> {
+    std::fs::read(format!("{}-wal", db.display())).unwrap()[..32].to_vec()
+}
+
 impl RestartInProgress {
-    /// `old_header`: the WAL file's first 32 bytes before the restarting write.
+    /// `old_header`: [`wal_header`] before the restarting write.
     fn forge(db: &Path, old_header: &[u8]) -> RestartInProgress {
         use std::os::unix::fs::FileExt;
         let wal = PathBuf::from(format!("{}-wal", db.display()));
         let shm = PathBuf::from(format!("{}-shm", db.display()));
-        let header = std::fs::read(&wal).unwrap()[..32].to_vec();
+        let header = wal_header(db);
         let index = std::fs::read(&shm).unwrap()[..96].to_vec();
         assert_ne!(header[16..24], old_header[16..24], "the write restarted the WAL (new salts)");
         // The index's two header copies with mxFrame = 0, checksums recomputed (native byte order, as mapped).
@@ -510,7 +515,7 @@ impl RestartInProgress {
 fn a_start_during_the_applications_wal_restart_resumes_the_chain() {
     let f = Fixture::new("restarting-start");
     f.ship_one_and_shut_down();
-    let old = std::fs::read(f.dir.join("app.db-wal")).unwrap()[..32].to_vec();
+    let old = wal_header(&f.db);
     f.app.execute("INSERT INTO t(v) VALUES ('two')", []).unwrap(); // restarts the WAL
     let writer = RestartInProgress::forge(&f.db, &old).finish_after(std::time::Duration::from_millis(150));
     let mut w = f.watcher(opts());
@@ -532,7 +537,7 @@ fn a_loop_that_looks_during_a_wal_restart_follows_it() {
     for round in 0..5 {
         a.execute("INSERT INTO t(v) VALUES (?1)", [format!("r{round}")]).unwrap();
         w.tick(true).unwrap(); // shipped and checkpointed: the pin sits on read mark 0
-        let old = std::fs::read(f.dir.join("app.db-wal")).unwrap()[..32].to_vec();
+        let old = wal_header(&f.db);
         a.execute("INSERT INTO t(v) VALUES (?1)", [format!("s{round}")]).unwrap(); // restarts the WAL
         let writer = RestartInProgress::forge(&f.db, &old).finish_after(std::time::Duration::from_millis(100));
         w.tick(true).unwrap();
@@ -543,7 +548,7 @@ fn a_loop_that_looks_during_a_wal_restart_follows_it() {
     // write (which writes the new header) is followed.
     a.execute("INSERT INTO t(v) VALUES ('r5')", []).unwrap();
     w.tick(true).unwrap();
-    let old = std::fs::read(f.dir.join("app.db-wal")).unwrap()[..32].to_vec();
+    let old = wal_header(&f.db);
     a.execute("INSERT INTO t(v) VALUES ('never committed')", []).unwrap();
     drop(RestartInProgress::forge(&f.db, &old));
     w.tick(true).unwrap();
