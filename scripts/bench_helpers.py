@@ -107,7 +107,7 @@ DEFAULTS = {
     "MEM_SECS": 40,
 }
 CFG = {k: type(v)(os.environ.get("BENCH_" + k, v)) for k, v in DEFAULTS.items()}
-WALRUST = os.path.join(ROOT, "target/release/walrust")
+WALRUST = os.environ.get("BENCH_WALRUST", os.path.join(ROOT, "target/release/walrust"))
 STATIC = os.path.join(ROOT, "target/static/walrust")
 LITESTREAM = os.environ.get("BENCH_LITESTREAM", os.path.join(ROOT, ".venv/bin/litestream"))
 INTERVAL = "1s"

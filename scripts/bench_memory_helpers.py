@@ -130,6 +130,17 @@ class Proc(bh.Tool):
         return self.log_text()[-n:]
 
 
+def max_lag(w):
+    """The largest walrust_replication_lag_seconds over walrust's databases (nan when unreadable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return float("nan")
+    lags = [float(m[1]) for m in re.finditer(r'^walrust_replication_lag_seconds\{[^}]*\} (\S+)', text, re.M)]
+    return max(lags) if lags else float("nan")
+
+
 def wait_ready(procs, timeout):
     """Waits until every process has its initial snapshots, has exited, or the deadline passed (whichever first,
     per process). Sets .ready_at."""
@@ -307,6 +318,7 @@ def run_case(n, run, root, template, s3):
 
         # Busy
         c0 = {t: procs[t].cpu() for t in active}
+        puts0 = (w.requests() or {}).get("put", 0)
         log(f"busy: 1 write/s on each of {n * len(active)} databases for {BUSY_SECS} s")
         t0 = time.time()
         try:
@@ -329,6 +341,11 @@ def run_case(n, run, root, template, s3):
         if "litestream_mem" in r:
             mem += f"; walrust/Litestream peak {r['walrust_mem'][1] / r['litestream_mem'][1]:.2f}"
         log(f"after {busy:.0f} s busy ({r['writes_per_s']:.2f} writes/s per database): {mem}")
+        # How well walrust kept up: its uploads during the busy phase and the largest replication lag at its end.
+        r["walrust_busy_puts"] = (w.requests() or {}).get("put", 0) - puts0
+        r["walrust_max_lag"] = max_lag(w)
+        log(f"walrust kept up: {r['walrust_busy_puts'] / busy / n:.2f} PUT/s per database while busy, "
+            f"largest replication lag at the end {r['walrust_max_lag']:.2f} s")
 
         # Drain: the last writes are shipped (walrust's request counters unchanged for 3 s, at most 30 s; Litestream's
         # keep moving with its compactions), then idle.

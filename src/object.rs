@@ -47,6 +47,16 @@ pub struct ObjectMeta {
     pub kind: Kind,
 }
 
+/// Objects of at least this many bytes before compression (a snapshot of a small database, a large changeset)
+/// have an encoder of hundreds of KiB, up to ~1 MiB (see `encode`); smaller ones, tens of KiB.
+const GATED_INPUT: u64 = 64 * 1024;
+/// Objects above this are encoded without waiting: that takes seconds, and one large database's snapshot must not
+/// hold up the others'.
+const GATED_INPUT_MAX: u64 = 16 * 1024 * 1024;
+/// Mid-size objects are encoded one at a time per process (a few ms each): a watch starting over a hundred
+/// small databases snapshots several at once, and their encoders would otherwise be its peak memory.
+static MID_SIZE_ENCODES: crate::semaphore::Semaphore = crate::semaphore::Semaphore::new(1);
+
 /// Encodes HADBP records through zstd into `out`; returns the trailer checksum.
 pub fn encode(out: &mut dyn Write, header: &Header, records: &mut RecordSource<'_>) -> io::Result<u64> {
     let mut z = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
@@ -132,7 +142,10 @@ pub struct Prepared {
 /// First pass: encodes the records to learn the object's SHA-256 (and so its key) and its trailer checksum.
 pub fn prepare(name: &str, meta: ObjectMeta, header: &Header, records: &mut RecordSource<'_>) -> Result<Prepared> {
     let mut sink = HashSink { sha: Sha256::new(), len: 0, buf: Some(Vec::new()), cap: INLINE_OBJECT_BYTES_MAX };
+    let input = header.page_count as u64 * header.page_size as u64;
+    let one_at_a_time = (GATED_INPUT..=GATED_INPUT_MAX).contains(&input).then(|| MID_SIZE_ENCODES.acquire());
     let checksum = encode(&mut sink, header, records).map_err(|e| Error::io("encoding object", e))?;
+    drop(one_at_a_time);
     let sha256: [u8; 32] = sink.sha.finalize().into();
     let key = ObjectKey {
         generation: meta.generation,

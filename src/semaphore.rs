@@ -13,8 +13,8 @@ pub struct Semaphore {
 pub struct Permit<'a>(&'a Semaphore);
 
 impl Semaphore {
-    pub fn new(slots: usize) -> Semaphore {
-        Semaphore { free: Mutex::new(slots.max(1)), freed: Condvar::new() }
+    pub const fn new(slots: usize) -> Semaphore {
+        Semaphore { free: Mutex::new(if slots == 0 { 1 } else { slots }), freed: Condvar::new() }
     }
 
     /// Waits for a free slot.

@@ -31,6 +31,7 @@ use crate::keys::{self, Kind};
 use crate::log;
 use crate::object::{self, ObjectMeta, RecordSource};
 use crate::remote;
+use crate::semaphore::Semaphore;
 use crate::sqlite::Pins;
 use crate::state::{state_path, FileStamp, LocalState, Pending, WalPosition, STATE_VERSION};
 use crate::storage::StorageRef;
@@ -229,6 +230,15 @@ enum WalView {
 }
 
 /// How long [`Watcher::committed_view`] waits for a writer that is restarting the WAL to write its new header.
+/// How many loops of this process may be inside an iteration at once. An iteration that ships goes deep (it
+/// reads the WAL, encodes and compresses a changeset, waits for an upload worker): with a thousand busy databases
+/// and storage or CPU slower than their writes, every loop would otherwise wait for a worker with that stack and
+/// its encoded changeset resident. Waiting for a slot before the iteration, a loop holds neither: its frames wait
+/// in its WAL, and the next iteration ships them together. As many as the upload workers (1000 databases, 1 write/s
+/// each, on 2 CPUs: peak RSS 26.1 -> 19.9 MiB, 0.53 -> 0.62 PUT/s per database; 32 slots kept more at 100).
+const WORKING_LOOPS: usize = crate::uploads::WORKERS;
+static WORKING: Semaphore = Semaphore::new(WORKING_LOOPS);
+
 const RESTART_SETTLE: Duration = Duration::from_millis(500);
 
 impl Watcher {
@@ -1110,7 +1120,10 @@ impl Watcher {
     fn run_loop(&mut self, stop: &AtomicBool) -> Result<()> {
         let mut failures: u32 = 0;
         while !stop.load(Ordering::Relaxed) {
-            let next = self.iteration(&mut failures)?;
+            let next = {
+                let _working = WORKING.acquire();
+                self.iteration(&mut failures)?
+            };
             // It waits with a shallow stack (the iteration's frames are below this one): the pages a tick touched
             // (an upload, or opening a connection to move the pin, ~8 KiB deep) go back (a thousand databases'
             // threads would otherwise each keep ~30 KiB of them). One madvise, about a microsecond when nothing
@@ -1138,7 +1151,10 @@ impl Watcher {
     #[inline(never)]
     fn last_tick(&mut self) -> Result<()> {
         let ticket = self.flusher.as_ref().map(|f| f.requested()).unwrap_or(0);
-        self.tick(true)?;
+        {
+            let _working = WORKING.acquire();
+            self.tick(true)?;
+        }
         if let Some(f) = &self.flusher {
             f.shipped(ticket, self.durable());
         }

@@ -89,7 +89,7 @@ const RACE_SETTLE: Duration = Duration::from_millis(200);
 /// See `S3Storage::in_flight`; also the most idle connections kept for reuse.
 const MAX_IN_FLIGHT: usize = 16;
 /// ureq's default is 128 KiB each way per connection; S3 answers carry small headers and bodies stream through.
-const CONNECTION_BUFFER: usize = 32 * 1024;
+const CONNECTION_BUFFER: usize = 16 * 1024;
 
 #[derive(Default)]
 struct Counters {
