@@ -119,6 +119,13 @@ impl Registry {
         for (kind, n) in [("get", c.get), ("put", c.put), ("list", c.list), ("delete", c.delete), ("other", c.other)] {
             let _ = writeln!(out, "walrust_storage_requests_total{{kind=\"{kind}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP walrust_sqlite_memory_bytes SQLite's heap in use in this process, all databases.\n\
+             # TYPE walrust_sqlite_memory_bytes gauge\nwalrust_sqlite_memory_bytes {}",
+            // SAFETY: no preconditions; SQLite keeps this count itself.
+            unsafe { rusqlite::ffi::sqlite3_memory_used() }
+        );
         out
     }
 

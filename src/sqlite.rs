@@ -226,10 +226,10 @@ impl Pins {
     pub fn read_db(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
         let err = |what: &str| Error::Other(format!("reading {}: {what}", self.path.display()));
         let file = self.lock.file;
-        // SAFETY: the file is the lock's, open while `self` lives (borrowed for the call); xRead is given a buffer
-        // of exactly the length it is told.
+        let Some(x_read) = self.lock.methods().and_then(|m| m.xRead) else { return Err(err("not open")) };
+        // SAFETY: the file is the lock's, open (methods() said so) while `self` lives, borrowed for the call; xRead
+        // is given a buffer of exactly the length it is told.
         unsafe {
-            let Some(x_read) = (*(*file).pMethods).xRead else { return Err(err("no xRead")) };
             let len = c_int::try_from(buf.len()).map_err(|_| err("read too large"))?;
             let off = i64::try_from(offset).map_err(|_| err("offset too large"))?;
             match x_read(file, buf.as_mut_ptr() as *mut c_void, len, off) {
@@ -424,10 +424,10 @@ impl ReadLock {
     /// The wal-index region `i` as mapped by SQLite, or None if the `-shm` file does not hold it (it is never
     /// extended from here).
     fn region(&self, i: c_int) -> Option<*mut u8> {
-        // SAFETY: the file is open while `self` lives; xShmMap with bExtend=0 only maps what the -shm file holds,
+        let x_shm_map = self.methods()?.xShmMap?;
+        // SAFETY: the file is open (methods() said so); xShmMap with bExtend=0 only maps what the -shm file holds,
         // and SQLite keeps the mapping until xShmUnmap (in close).
         unsafe {
-            let x_shm_map = (*(*self.file).pMethods).xShmMap?;
             let mut region: *mut c_void = std::ptr::null_mut();
             if x_shm_map(self.file, i, SHM_REGION as c_int, 0, &mut region) != ffi::SQLITE_OK || region.is_null() {
                 return None;
@@ -438,18 +438,21 @@ impl ReadLock {
 
     /// xShmLock on read-mark slot `slot`; `flags` as SQLite's SQLITE_SHM_*.
     fn shm_lock(&self, slot: c_int, flags: c_int) -> c_int {
-        // SAFETY: the file is open and attached to the wal-index (region() was called first).
-        unsafe {
-            match (*(*self.file).pMethods).xShmLock {
-                Some(x) => x(self.file, WAL_READ_LOCK0 + slot, 1, flags),
-                None => ffi::SQLITE_IOERR_SHMLOCK,
-            }
+        match self.methods().and_then(|m| m.xShmLock) {
+            // SAFETY: the file is open (methods() said so); SQLite refuses a lock on a file not attached to the
+            // wal-index (region() attaches it).
+            Some(x) => unsafe { x(self.file, WAL_READ_LOCK0 + slot, 1, flags) },
+            None => ffi::SQLITE_IOERR_SHMLOCK,
         }
     }
 
     /// Locks the read mark for the WAL's current end (as a new read transaction would), then releases the one
     /// held before, if it was another. When the wal-index is not usable, a connection's read rebuilds it first.
     fn pin(&mut self, path: &Path) -> Result<()> {
+        if self.methods().is_none() {
+            // Closed by a reopen that failed: nothing held the WAL since, so this is no move of a held pin.
+            return Err(Error::Other(format!("pinning {}: the file was closed", path.display())));
+        }
         let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
         let mut helper = None;
         let mut tries = 0u32;
@@ -564,18 +567,23 @@ impl ReadLock {
         PinTry::Held
     }
 
-    /// Releases the read mark, the wal-index mapping, the database file lock and the file, in that order.
+    /// The file's methods while it is open; None once closed (or never opened), so that nothing is called on it.
+    fn methods(&self) -> Option<&ffi::sqlite3_io_methods> {
+        // SAFETY: `file` is null or szOsFile bytes of ours, zeroed before xOpen; pMethods is set by a successful
+        // xOpen and cleared by close.
+        unsafe { self.file.as_ref().and_then(|f| f.pMethods.as_ref()) }
+    }
+
+    /// Releases the read mark, the wal-index mapping, the database file lock and the file, in that order. After
+    /// this every use of the lock fails (and a second close does nothing).
     fn close(&mut self) {
-        // SAFETY: the file and name are this lock's; pMethods is non-null only while the file is open, and is
-        // cleared here so that a second close does nothing.
+        if let Some(old) = self.slot.take() {
+            self.shm_lock(old, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_SHARED);
+        }
+        let Some(m) = self.methods() else { return };
+        let m = *m;
+        // SAFETY: the file is open (methods() said so); pMethods is cleared right after xClose.
         unsafe {
-            if self.file.is_null() || (*self.file).pMethods.is_null() {
-                return;
-            }
-            if let Some(old) = self.slot.take() {
-                self.shm_lock(old, ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_SHARED);
-            }
-            let m = &*(*self.file).pMethods;
             if let Some(x) = m.xShmUnmap {
                 x(self.file, 0);
             }
@@ -769,6 +777,26 @@ mod tests {
         assert_eq!(pins.wal_index().unwrap().mx_frame, frames);
         pins.reopen().unwrap();
         assert_eq!(pins.wal_index().unwrap().mx_frame, frames);
+        drop(pins);
+        drop(app);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_released_lock_refuses_every_use_instead_of_pretending_to_hold() {
+        let (dir, db, app) = app_db("closed");
+        app.execute_batch("CREATE TABLE t(a INTEGER PRIMARY KEY)").unwrap();
+        let (mut pins, _) = Pins::open(&db).unwrap();
+        // What a reopen whose new pin failed leaves behind.
+        pins.lock.close();
+        assert!(pins.advance().is_err());
+        assert!(pins.wal_index().is_err());
+        assert!(pins.read_db(0, &mut [0u8; 100]).is_err());
+        assert_eq!(pins.release_shared_memory(), 0);
+        pins.lock.close();
+        // Released for real: a TRUNCATE checkpoint is not held up by it.
+        app.busy_timeout(Duration::ZERO).unwrap();
+        assert!(!truncate_is_refused(&app));
         drop(pins);
         drop(app);
         let _ = std::fs::remove_dir_all(&dir);
