@@ -115,11 +115,8 @@ impl Pins {
         // transaction, until the lock is taken, so that a wal-index SQLite must rebuild is rebuilt once, by it.
         let conn = open_conn(path)?;
         let page_size = check_wal_mode(&conn, path)?;
-        begin_read(&conn).map_err(|e| Error::sqlite(format!("pinning {}", path.display()), e))?;
-        let mut lock = ReadLock::open(path)?;
-        lock.pin(path)?;
-        end_read(&conn);
-        drop(conn);
+        begin_pin_read(&conn, path)?;
+        let lock = lock_beside(conn, path)?;
         let pins = Pins { path: path.to_path_buf(), lock, writer: None, write_locked: false };
         // A watch opens every database before their loops begin, a few at a time: without this, each would
         // keep the 32 KiB its first read mapped until then (32 MiB at a thousand databases, all at startup).
@@ -142,10 +139,7 @@ impl Pins {
     pub fn reopen(&mut self) -> Result<()> {
         self.unlock_writes();
         self.lock.close();
-        let conn = pinned_conn(&self.path)?;
-        self.lock = ReadLock::open(&self.path)?;
-        self.lock.pin(&self.path)?;
-        end_read(&conn);
+        self.lock = lock_beside(pinned_conn(&self.path)?, &self.path)?;
         Ok(())
     }
 
@@ -620,11 +614,24 @@ fn begin_read(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+fn begin_pin_read(conn: &Connection, path: &Path) -> Result<()> {
+    begin_read(conn).map_err(|e| Error::sqlite(format!("pinning {}", path.display()), e))
+}
+
 /// A new connection holding a read transaction.
 fn pinned_conn(path: &Path) -> Result<Connection> {
     let conn = open_conn(path)?;
-    begin_read(&conn).map_err(|e| Error::sqlite(format!("pinning {}", path.display()), e))?;
+    begin_pin_read(&conn, path)?;
     Ok(conn)
+}
+
+/// A new read lock, taken while `conn` holds a read transaction: its read made SQLite map the wal-index (and
+/// rebuild it if no process had it open), so the lock finds it valid. The transaction ends once the lock holds.
+fn lock_beside(conn: Connection, path: &Path) -> Result<ReadLock> {
+    let mut lock = ReadLock::open(path)?;
+    lock.pin(path)?;
+    end_read(&conn);
+    Ok(lock)
 }
 
 fn end_read(conn: &Connection) {
@@ -695,11 +702,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Frames the next TRUNCATE checkpoint of `app` leaves (busy when a pin holds them).
+    /// The application's checkpoint in `mode`: (busy, frames in the WAL, frames checkpointed).
+    fn app_checkpoint(app: &Connection, mode: &str) -> (i64, i64, i64) {
+        app.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap()
+    }
+
+    /// Whether the application's TRUNCATE checkpoint is refused as busy (as when a pin holds the WAL).
     fn truncate_is_refused(app: &Connection) -> bool {
-        let (busy, _, _): (i64, i64, i64) =
-            app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
-        busy == 1
+        app_checkpoint(app, "TRUNCATE").0 == 1
     }
 
     #[test]
@@ -749,8 +759,7 @@ mod tests {
         assert_ne!((first.salt1, first.salt2), (second.salt1, second.salt2));
         assert_eq!(second.mx_frame, 1);
         // ... and no checkpoint can copy its frames into the database while the pin holds mark 0.
-        let (busy, log, done): (i64, i64, i64) =
-            app.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        let (busy, log, done) = app_checkpoint(&app, "PASSIVE");
         assert_eq!((busy, log, done), (0, 1, 0));
         assert_eq!(pins.wal_index().unwrap().backfilled, 0);
         drop(pins);
@@ -826,15 +835,12 @@ mod tests {
             // Moving the pin dropped none of its locks: frames committed after the pin
             // cannot be checkpointed away (a TRUNCATE checkpoint is refused as busy, the WAL keeps them).
             app.execute_batch("INSERT INTO t VALUES (NULL, 'after the pin')").unwrap();
-            let (busy, log, done): (i64, i64, i64) = app
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .unwrap();
+            let (busy, log, done) = app_checkpoint(&app, "TRUNCATE");
             assert_eq!(busy, 1, "round {round}: log {log}, checkpointed {done}");
             assert!(std::fs::metadata(&wal).unwrap().len() > 0, "round {round}");
         }
         // The pin moved with each advance: the frames before the last one may now be checkpointed, not the last.
-        let (busy, log, done): (i64, i64, i64) =
-            app.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        let (busy, log, done) = app_checkpoint(&app, "PASSIVE");
         assert_eq!(busy, 0);
         assert!(done > 0 && done < log, "log {log}, checkpointed {done}");
         drop(pins);
@@ -869,8 +875,7 @@ mod tests {
         // The pin's read mark is a file lock, not a mapping: a TRUNCATE checkpoint still cannot restart the WAL.
         pins.release_shared_memory();
         app.busy_timeout(Duration::ZERO).unwrap();
-        let (busy, log, done): (i64, i64, i64) =
-            app.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        let (busy, log, done) = app_checkpoint(&app, "TRUNCATE");
         assert_eq!(busy, 1, "log {log}, checkpointed {done}");
         assert!(std::fs::metadata(dir.join("a.db-wal")).unwrap().len() > 0);
         drop(pins);

@@ -229,7 +229,6 @@ enum WalView {
     Restarting(WalHeader),
 }
 
-/// How long [`Watcher::committed_view`] waits for a writer that is restarting the WAL to write its new header.
 /// How many loops of this process may be inside an iteration at once. An iteration that ships goes deep (it
 /// reads the WAL, encodes and compresses a changeset, waits for an upload worker): with a thousand busy databases
 /// and storage or CPU slower than their writes, every loop would otherwise wait for a worker with that stack and
@@ -239,6 +238,7 @@ enum WalView {
 const WORKING_LOOPS: usize = crate::uploads::WORKERS;
 static WORKING: Semaphore = Semaphore::new(WORKING_LOOPS);
 
+/// How long [`Watcher::committed_view`] waits for a writer that is restarting the WAL to write its new header.
 const RESTART_SETTLE: Duration = Duration::from_millis(500);
 
 impl Watcher {
@@ -1125,7 +1125,7 @@ impl Watcher {
                 self.iteration(&mut failures)?
             };
             // It waits with a shallow stack (the iteration's frames are below this one): the pages a tick touched
-            // (an upload, or opening a connection to move the pin, ~8 KiB deep) go back (a thousand databases'
+            // (an upload, or a connection opened for a checkpoint, ~8 KiB deep) go back (a thousand databases'
             // threads would otherwise each keep ~30 KiB of them). One madvise, about a microsecond when nothing
             // is resident below.
             crate::stack::release_unused();
